@@ -1,0 +1,1 @@
+"""Streaming tf.data input pipeline for masked language modelling."""

@@ -1,0 +1,41 @@
+"""What the input pipeline needs to know, independent of how it was asked for.
+
+The trainer fills it from its command-line dataclasses; the preview and the
+benchmark fill it from their own flags.
+"""
+
+import dataclasses
+from typing import Optional
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Sources, tokenization, packing and masking settings (run_mlm_flax.py names)."""
+
+    # Sources.
+    train_file: Optional[str] = None  # path, comma-separated list or glob; local or gs://
+    validation_file: Optional[str] = None
+    dataset_name: Optional[str] = None  # "tfds:NAME[/CONFIG]", an HF dataset dir or hub name
+    dataset_config_name: Optional[str] = None
+    train_ref_file: Optional[str] = None  # Chinese whole-word reference (run_chinese_ref.py)
+    validation_ref_file: Optional[str] = None
+    validation_split_percentage: int = 5  # held out of the training stream when no validation source
+    text_column: str = "text"
+    shuffle_buffer_size: int = 10_000
+
+    # Tokenize and pack.
+    max_seq_length: int = 128
+    line_by_line: bool = False  # one example per line (truncate and pad) instead of packing
+    chinese_word_segmentation: Optional[str] = None  # "jieba": segment on the fly, no ref file
+
+    # Masking.
+    mlm_probability: float = 0.15
+    max_predictions_per_seq: int = 20
+    mask_replace_prob: float = 0.8
+    random_replace_prob: float = 0.1
+    whole_word_masking: bool = False
+
+    # Evaluation.
+    max_eval_samples: Optional[int] = None
+
+    seed: int = 0

@@ -1,0 +1,36 @@
+"""Shared fixtures: the embedded corpus and a WordPiece tokenizer trained on it.
+
+The environment is set before TensorFlow or JAX is imported: 8 CPU devices
+for pmap tests, and no TensorFlow start-up chatter.
+"""
+
+import os
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import pytest  # noqa: E402
+
+from pipeline import corpus, vocab  # noqa: E402
+
+TEST_VOCAB_SIZE = 2000
+
+
+@pytest.fixture(scope="session")
+def corpus_file(tmp_path_factory):
+    """The standard-library docstring corpus (about 1.7 MB, 15k lines)."""
+    path = tmp_path_factory.mktemp("corpus") / "stdlib.txt"
+    corpus.write_corpus(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(tmp_path_factory, corpus_file):
+    """A BERT WordPiece tokenizer trained on the corpus, saved in Hugging Face format."""
+    path = tmp_path_factory.mktemp("tokenizer")
+    tokenizer = vocab.train_wordpiece([corpus_file], vocab_size=TEST_VOCAB_SIZE)
+    assert len(tokenizer) == TEST_VOCAB_SIZE
+    tokenizer.save_pretrained(path)
+    return path
