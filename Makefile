@@ -17,8 +17,13 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 test: $(VENV)/.installed
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
+DEMO_DATA := runs/demo-data
+
 demo: $(VENV)/.installed
-	$(PY) -m demo
+	test -f $(DEMO_DATA)/stdlib.txt || $(PY) -m pipeline.corpus --output $(DEMO_DATA)/stdlib.txt
+	test -f $(DEMO_DATA)/tokenizer/tokenizer.json || \
+	  $(PY) -m pipeline.vocab --input $(DEMO_DATA)/stdlib.txt --output $(DEMO_DATA)/tokenizer --vocab_size 8000
+	$(PY) train.py configs/demo.json
 
 bench: $(VENV)/.installed
 	for script in bench/*.py; do $(PY) $$script || exit 1; done

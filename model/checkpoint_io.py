@@ -1,0 +1,214 @@
+"""Hugging Face checkpoint import and export for the Flax MLM models.
+
+Our parameter tree mirrors the PyTorch module names, so a Flax path maps to
+a PyTorch name by joining with "." and renaming the leaf (Dense `kernel`
+is PyTorch's transposed `weight`; `embedding` and LayerNorm `scale` are
+`weight`). Everything layout-specific (prefixes, legacy names, tied
+aliases) is normalised on the PyTorch side before matching.
+"""
+
+import copy
+import json
+import logging
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from safetensors import safe_open
+from safetensors.numpy import save_file
+
+from model import bert, configuration
+
+logger = logging.getLogger(__name__)
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json",
+                "pytorch_model.bin", "pytorch_model.bin.index.json")
+ARCHITECTURES = {"bert": "BertForMaskedLM", "roberta": "RobertaForMaskedLM",
+                 "xlm-roberta": "XLMRobertaForMaskedLM"}
+_LEAF_NAMES = {"kernel": "weight", "embedding": "weight", "scale": "weight", "bias": "bias"}
+
+
+def build(config, dtype=jnp.float32):
+    return bert.ForMaskedLM(config, dtype=dtype)
+
+
+def _init_fn(module):
+    ids = jnp.zeros((1, 2), jnp.int32)
+    return lambda rng: module.init(rng, ids, jnp.ones_like(ids))["params"]
+
+
+def init_params(module, seed=0):
+    """Fresh BERT-initialised float32 parameters."""
+    return jax.jit(_init_fn(module))(jax.random.key(seed))
+
+
+def from_config(config_or_path, seed=0, dtype=jnp.float32):
+    """A randomly initialised model for training from scratch: (module, params)."""
+    module = build(configuration.load_config(config_or_path), dtype)
+    return module, init_params(module, seed)
+
+
+def torch_names(params):
+    """{PyTorch name: (Flax path, leaf)} for every parameter of a tree."""
+    names = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        keys = [p.key for p in path]
+        names[".".join(keys[:-1] + [_LEAF_NAMES[keys[-1]]])] = (tuple(keys), leaf)
+    return names
+
+
+def _to_torch_layout(path, array):
+    return array.T if path[-1] == "kernel" else array
+
+
+def _prefix(config):
+    return "roberta" if bert.is_roberta(config) else "bert"
+
+
+def _head_prefix(config):
+    return "lm_head" if bert.is_roberta(config) else "cls.predictions"
+
+
+# ---- reading -----------------------------------------------------------------
+
+
+def _read_safetensors(path):
+    with safe_open(path, framework="flax") as f:
+        return {k: np.asarray(f.get_tensor(k), dtype=np.float32) for k in f.keys()}
+
+
+def _read_torch_bin(path):
+    try:
+        import torch
+    except ImportError as e:
+        raise ValueError(f"{path}: reading pytorch_model.bin needs torch; "
+                         "convert the checkpoint to safetensors or install torch") from e
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return {k: v.float().numpy() for k, v in state.items()}
+
+
+def _read_file(path):
+    return _read_safetensors(path) if path.endswith(".safetensors") else _read_torch_bin(path)
+
+
+def read_state_dict(directory):
+    """All tensors of a checkpoint directory as float32 numpy arrays."""
+    for name in WEIGHT_FILES:
+        path = os.path.join(directory, name)
+        if os.path.isfile(path):
+            break
+    else:
+        raise ValueError(f"{directory}: no weights found; expected one of "
+                         f"{', '.join(WEIGHT_FILES)}")
+    if not name.endswith(".index.json"):
+        return _read_file(path)
+    with open(path, encoding="utf-8") as f:
+        weight_map = json.load(f).get("weight_map")
+    if not isinstance(weight_map, dict):
+        raise ValueError(f"{path}: field 'weight_map' (tensor name -> shard file) is missing")
+    state = {}
+    for shard in sorted(set(weight_map.values())):
+        state.update(_read_file(os.path.join(directory, shard)))
+    return state
+
+
+def normalise_names(state, config):
+    """Map the key layouts found in practice onto BertForMaskedLM/RobertaForMaskedLM names.
+
+    Handles a bare BertModel (no prefix), legacy LayerNorm gamma/beta, the
+    position_ids buffer, and the head's tied decoder aliases.
+    """
+    prefix, head = _prefix(config), _head_prefix(config)
+    bare = not any(k.startswith(prefix + ".") for k in state)
+    out = {}
+    for key, value in state.items():
+        if key.endswith(".gamma"):
+            key = key[:-len("gamma")] + "weight"
+        elif key.endswith(".beta"):
+            key = key[:-len("beta")] + "bias"
+        if bare and key.split(".")[0] in ("embeddings", "encoder", "pooler"):
+            key = f"{prefix}.{key}"
+        if key.endswith("embeddings.position_ids"):
+            continue
+        if key == f"{head}.decoder.bias":
+            out.setdefault(f"{head}.bias", value)
+            continue
+        if key == f"{head}.decoder.weight" and config.tie_word_embeddings:
+            continue
+        out[key] = value
+    return out
+
+
+def load_params(state, expected, source):
+    """Fill `expected` ({torch name: (path, abstract leaf)}) from a state dict.
+
+    Returns (flat {path: array}, missing names, unexpected names).
+    """
+    flat, missing = {}, []
+    for name, (path, leaf) in expected.items():
+        if name not in state:
+            missing.append(name)
+            continue
+        torch_shape = leaf.shape[::-1] if path[-1] == "kernel" else leaf.shape
+        if state[name].shape != torch_shape:
+            raise ValueError(f"{source}: tensor {name} has shape {state[name].shape}, "
+                             f"the model expects {torch_shape}")
+        flat[path] = _to_torch_layout(path, state[name])
+    unexpected = sorted(set(state) - set(expected))
+    return flat, missing, unexpected
+
+
+def _unflatten(flat):
+    tree = {}
+    for path, value in flat.items():
+        node = tree
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = value
+    return tree
+
+
+def from_pretrained(path, dtype=jnp.float32, config_overrides=None, seed=0):
+    """Load a Hugging Face MLM (or bare encoder) checkpoint directory: (module, params).
+
+    Weights missing from the checkpoint (e.g. the MLM head of a bare
+    BertModel) are initialised from `seed` and listed in a warning.
+    """
+    path = os.fspath(path)
+    config = configuration.apply_overrides(configuration.load_config(path), config_overrides)
+    module = build(config, dtype)
+    expected = torch_names(jax.eval_shape(_init_fn(module), jax.random.key(seed)))
+    state = normalise_names(read_state_dict(path), config)
+    flat, missing, unexpected = load_params(state, expected, path)
+    if unexpected:
+        logger.warning("%s: unused weights in the checkpoint: %s", path, ", ".join(unexpected))
+    if missing:
+        logger.warning("%s: weights not in the checkpoint, newly initialised: %s",
+                       path, ", ".join(missing))
+        fresh = torch_names(init_params(module, seed))
+        for name in missing:
+            p, leaf = fresh[name]
+            flat[p] = leaf
+    params = jax.tree.map(jnp.asarray, _unflatten(flat))
+    return module, params
+
+
+# ---- writing -----------------------------------------------------------------
+
+
+def save_pretrained(directory, module, params):
+    """Write config.json and model.safetensors that transformers' *ForMaskedLM loads.
+
+    The tied decoder weight is omitted, as transformers itself saves it:
+    loading re-ties it to the word embeddings.
+    """
+    directory = os.fspath(directory)
+    os.makedirs(directory, exist_ok=True)
+    config = copy.deepcopy(module.config)
+    config.architectures = [ARCHITECTURES[config.model_type]]
+    tensors = {
+        name: np.ascontiguousarray(_to_torch_layout(p, np.asarray(leaf, dtype=np.float32)))
+        for name, (p, leaf) in torch_names(jax.device_get(params)).items()}
+    save_file(tensors, os.path.join(directory, "model.safetensors"), metadata={"format": "pt"})
+    config.save_pretrained(directory)

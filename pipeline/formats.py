@@ -1,0 +1,256 @@
+"""Text files of every supported format, read as batches of lines by native tf.data readers.
+
+Each file yields *raw* batches (the cheapest thing to read and to shard);
+`parse_fn` then turns a raw batch into {"text": [n]} after per-host
+sharding, so a host never parses lines that another host keeps. Problems
+visible from a file's first record are raised at construction as
+InputError; those only visible deep in a file fail when that batch is read,
+with a message that still names the file and the line.
+"""
+
+import csv
+import functools
+import gzip
+import io
+import json
+import re
+
+import numpy as np
+import tensorflow as tf
+from google.protobuf.message import DecodeError
+
+from pipeline import sharding
+from pipeline.errors import InputError
+
+_GLOB_CHARS = re.compile(r"[*?\[]")
+_EXTENSIONS = {
+    ".txt": "txt",
+    ".text": "txt",
+    ".json": "json",
+    ".jsonl": "json",
+    ".csv": "csv",
+    ".tfrecord": "tfrecord",
+    ".tfrecords": "tfrecord",
+}
+_SHARD_SUFFIX = re.compile(r"-\d+-of-\d+$")  # name.tfrecord-00001-of-00010
+
+
+def resolve_files(spec):
+    """The files named by one path, a comma-separated list, or glob patterns (local or gs://)."""
+    files = {}  # ordered and without duplicates
+    for part in (p.strip() for p in spec.split(",")):
+        if not part:
+            continue
+        if _GLOB_CHARS.search(part):
+            matches = sorted(tf.io.gfile.glob(part))
+            if not matches:
+                raise InputError(f"glob pattern {part!r} matched no files")
+        elif not tf.io.gfile.exists(part):
+            raise InputError(f"data file {part!r} not found")
+        elif tf.io.gfile.isdir(part):
+            raise InputError(f"{part!r} is a directory; expected a file, a comma list or a glob")
+        else:
+            matches = [part]
+        files.update(dict.fromkeys(matches))
+    if not files:
+        raise InputError(f"no data files in {spec!r}")
+    return list(files)
+
+
+def file_format(path):
+    """The format from the file name: txt, json, csv or tfrecord (a .gz suffix is allowed)."""
+    name = _SHARD_SUFFIX.sub("", path.lower())
+    if compression_of(name):
+        name = name[:-3]
+    for ext, fmt in _EXTENSIONS.items():
+        if name.endswith(ext):
+            return fmt
+    raise InputError(
+        f"{path!r}: unknown file type; expected one of "
+        f"{', '.join(sorted(_EXTENSIONS))}, optionally followed by .gz")
+
+
+def common_format(files):
+    """The one format shared by all files (compressed or not); mixing formats is an error."""
+    kinds = {file_format(f) for f in files}
+    if len(kinds) > 1:
+        raise InputError(f"data files mix formats {sorted(kinds)}: {files}")
+    return kinds.pop()
+
+
+def compression_of(path):
+    """tf.data's compression_type for a file name."""
+    return "GZIP" if path.lower().endswith(".gz") else ""
+
+
+def open_text(path):
+    """A text-mode reader over a local or gs:// file, gunzipping .gz files."""
+    if not compression_of(path):
+        return tf.io.gfile.GFile(path, "r")
+    return io.TextIOWrapper(gzip.GzipFile(fileobj=tf.io.gfile.GFile(path, "rb")),
+                            encoding="utf-8", newline="\n")  # lines split as tf.data does
+
+
+def is_blank(line):
+    """The blank-line rule of the tf.data filter: ASCII whitespace only, as tf.strings.strip."""
+    return not line.strip(" \t\n\r\f\v")
+
+
+def check_file(path, fmt, column):
+    """Fail early, naming the file, when its first record lacks what we will read from it."""
+    if fmt == "json":
+        with open_text(path) as f:
+            for number, line in enumerate(f, 1):
+                if not is_blank(line):
+                    _json_text(line, path, number, column)
+                    return
+    elif fmt == "csv":
+        csv_column_index(path, column)
+    elif fmt == "tfrecord":
+        for record in tf.data.TFRecordDataset(path, compression_of(path)).take(1):
+            _check_example(record.numpy(), path, column)
+
+
+def csv_column_index(path, column):
+    """The position of the text column in the CSV header of `path`."""
+    with open_text(path) as f:
+        header = next(csv.reader(f), [])
+    if column not in header:
+        raise InputError(f"{path}: line 1: CSV header {header} has no text column {column!r}")
+    return header.index(column)
+
+
+def _check_example(record, path, column):
+    try:
+        example = tf.train.Example.FromString(record)
+    except DecodeError as e:
+        raise InputError(f"{path}: record 1 is not a tf.train.Example ({e})") from e
+    feature = example.features.feature
+    if column not in feature or feature[column].WhichOneof("kind") != "bytes_list":
+        raise InputError(
+            f"{path}: record 1 has no bytes feature {column!r} "
+            f"(features: {sorted(feature)})")
+
+
+def _json_text(line, path, number, column):
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise InputError(f"{path}: line {number}: malformed JSON ({e})") from e
+    if not isinstance(record, dict) or column not in record:
+        raise InputError(f"{path}: line {number}: expected a JSON object with key {column!r}")
+    text = record[column]
+    if text is None:
+        return ""
+    if not isinstance(text, str):
+        raise InputError(f"{path}: line {number}: {column!r} is {type(text).__name__}, not text")
+    return text
+
+
+def read_file(path, fmt, compression, batch_size, column_index=0):
+    """Raw batches of one file: what `parse_fn(fmt, column)` turns into {"text": [n]}."""
+    if fmt == "csv":
+        rows = tf.data.experimental.CsvDataset(
+            path, [tf.constant("")], compression_type=compression, header=True,
+            select_cols=[column_index])
+        return rows.batch(batch_size).map(lambda text: {"text": text})
+    if fmt == "tfrecord":
+        records = tf.data.TFRecordDataset(path, compression)
+    else:
+        records = tf.data.TextLineDataset(path, compression)
+    batches = records.batch(batch_size)
+    if fmt == "txt":
+        return batches.map(lambda lines: {"text": lines})
+    # JSON and tfrecord errors name the file and line: carry both along.
+    return batches.enumerate().map(
+        lambda i, raw: {"raw": raw, "path": path, "first": i * batch_size + 1})
+
+
+def parse_fn(fmt, column):
+    """Raw batch -> {"text": [n]}; the identity for formats read as text directly."""
+    if fmt == "json":
+        return lambda b: {"text": _parse_json(b["raw"], b["path"], b["first"], column)}
+    if fmt == "tfrecord":
+        return lambda b: {"text": _parse_examples(b["raw"], b["path"], b["first"], column)}
+    return None
+
+
+def _parse_json(lines, path, first, column):
+    # A module-level function, so AutoGraph leaves the per-line Python alone (10x faster).
+    parse = functools.partial(_json_texts, column=column)
+    text = tf.numpy_function(parse, [lines, path, first], tf.string, stateful=False)
+    text.set_shape([None])
+    return text
+
+
+def _json_texts(lines, path, first, column):
+    path = path.decode()
+    texts = []
+    for number, raw in enumerate(lines, first):
+        line = raw.decode("utf-8")
+        texts.append("" if is_blank(line) else _json_text(line, path, number, column))
+    return np.array(texts, dtype=object)
+
+
+def _parse_examples(records, path, first, column):
+    values = tf.io.parse_example(records, {column: tf.io.VarLenFeature(tf.string)})[column]
+    counts = tf.math.bincount(
+        tf.cast(values.indices[:, 0], tf.int32), minlength=tf.size(records), dtype=tf.int32)
+    bad = tf.not_equal(counts, 1)
+    first_bad = first + tf.argmax(tf.cast(bad, tf.int64))
+    check = tf.debugging.Assert(
+        tf.logical_not(tf.reduce_any(bad)),
+        ["InputError:", path, "record", first_bad,
+         f"has no single bytes feature {column!r}"])
+    with tf.control_dependencies([check]):
+        return tf.identity(values.values)
+
+
+def with_refs(text_path, ref_path, *, process_index, process_count, shuffle,
+               seed, batch_size):
+    """Text batches zipped with their Chinese reference lines (run_chinese_ref.py format).
+
+    The ref file has one line per non-blank text line. Both streams drop
+    their blank lines and are re-cut into full batches, so they align.
+    """
+    del shuffle, seed  # one file: nothing to reorder before the line shuffle
+    check_refs(text_path, ref_path)
+
+    def lines(path):
+        batches = tf.data.TextLineDataset(path, compression_of(path)).batch(batch_size)
+        return batches.map(lambda t: sharding.keep_lines({"text": t})["text"]).unbatch()
+
+    ds = tf.data.Dataset.zip(lines(text_path), lines(ref_path))
+    ds = ds.batch(batch_size).map(
+        lambda t, r: {"text": t, "chinese_ref": tf.strings.strip(r)})
+    return sharding.shard_batches(ds, process_index, process_count)
+
+
+def check_refs(text_path, ref_path):
+    """Ref lines must be JSON lists of integers, one per non-blank text line."""
+    if not tf.io.gfile.exists(ref_path):
+        raise InputError(f"reference file {ref_path!r} (for {text_path}) not found")
+
+    def mismatch(number, what):
+        return InputError(f"reference file {ref_path} does not match text file {text_path}: "
+                          f"ref line {number}: {what}")
+
+    with open_text(text_path) as text, open_text(ref_path) as refs:
+        text_lines = (n for n, line in enumerate(text, 1) if not is_blank(line))
+        ref_lines = (r for r in enumerate(refs, 1) if not is_blank(r[1]))
+        count = 0
+        for count, (number, line) in enumerate(ref_lines, 1):
+            try:
+                ref = json.loads(line)
+            except json.JSONDecodeError:
+                ref = None
+            if not isinstance(ref, list) or not all(
+                    type(i) is int and i >= 0 for i in ref):
+                raise mismatch(number, "expected a JSON list of non-negative integers, got "
+                                       f"{line.strip()[:80]!r}")
+            if next(text_lines, None) is None:
+                raise mismatch(number, f"text file has only {count - 1} non-empty lines")
+        extra = next(text_lines, None)
+        if extra is not None:
+            raise mismatch(count + 1, f"missing; text line {extra} (non-empty line "
+                                      f"{count + 1}) has no reference")

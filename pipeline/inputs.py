@@ -1,0 +1,175 @@
+"""What the trainer calls: per-host training and evaluation batches for masked LM.
+
+The stages, each a Dataset -> Dataset function on whole batches of lines:
+
+    sources.line_batches -> repeat -> tokenize -> pack -> rebatch(host batch)
+      -> enumerate -> mask (stateless, seeded by position) -> [devices, batch, ...]
+      -> prefetch
+
+Every element is a dict of int32/float32 tensors shaped
+[local_device_count, per_device_batch_size, ...] (see notes/contracts.md).
+The training iterator's state is checkpointable with tf.train.Checkpoint:
+the tokenizer call is a pure `numpy_function`, so the external-state policy
+is IGNORE, and all randomness is stateless.
+"""
+
+import transformers
+import tensorflow as tf
+
+from pipeline import masking, pack, sources, tokenize
+from pipeline.errors import InputError
+
+_FEATURES = ("input_ids", "attention_mask", "token_type_ids", "labels", "masked_positions",
+             "masked_ids", "masked_weights")
+
+
+def load_tokenizer(name_or_path):
+    """The model's Hugging Face fast tokenizer (a directory or a hub name)."""
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(str(name_or_path))
+    except (OSError, ValueError) as error:
+        raise InputError(
+            f"no tokenizer at {str(name_or_path)!r}: expected a directory with tokenizer.json "
+            f"(or a hub name) ({error})") from error
+    if not tokenizer.is_fast:
+        raise InputError(f"tokenizer at {str(name_or_path)!r} is not a fast (Rust) tokenizer")
+    return tokenizer
+
+
+def _split_files(config, split):
+    """The text source and the ref file of a split (validation may be held out of train)."""
+    if split == "validation" and (config.validation_file or config.dataset_name):
+        return config.validation_file or config.dataset_name, config.validation_ref_file
+    return config.train_file or config.dataset_name, config.train_ref_file
+
+
+def _examples(config, tokenizer, vocab, split, *, process_index, process_count, shuffle,
+              num_epochs, keep_remainder):
+    """Fixed-length examples {"input_ids", "word_starts"} in batches of varying size."""
+    lines = sources.line_batches(config, split, process_index=process_index,
+                                 process_count=process_count, shuffle=shuffle)
+    if num_epochs != 1:
+        lines = lines.repeat(num_epochs)
+    text_file, ref_file = _split_files(config, split)
+    tokenized = tokenize.tokenize(
+        lines, tokenizer, vocab, ref_source=tokenize.RefSource(text_file, ref_file),
+        segmentation=config.chinese_word_segmentation)
+    return pack.pack(tokenized, vocab, config, keep_remainder=keep_remainder)
+
+
+def _masker(config, vocab, split, process_index):
+    _, ref_file = _split_files(config, split)
+    whole_words = bool(config.whole_word_masking or ref_file or config.chinese_word_segmentation)
+    return masking.masker(vocab, config, whole_words=whole_words, process_index=process_index)
+
+
+def _widths(config):
+    return {key: config.max_predictions_per_seq if key.startswith("masked") else
+            config.max_seq_length for key in _FEATURES}
+
+
+def _finish(ds, config, local_device_count, per_device_batch_size):
+    """[host batch, ...] -> [devices, per-device batch, ...] with static shapes, prefetched."""
+    widths = _widths(config)
+
+    def per_device(batch):
+        return {key: tf.reshape(batch[key], [local_device_count, per_device_batch_size,
+                                             widths[key]]) for key in _FEATURES}
+
+    options = tf.data.Options()
+    options.experimental_external_state_policy = (
+        tf.data.experimental.ExternalStatePolicy.IGNORE)
+    options.deterministic = True
+    ds = ds.map(per_device, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE).with_options(options)
+
+
+def train_dataset(config, tokenizer, *, per_device_batch_size, local_device_count,
+                  process_index=0, process_count=1, num_epochs=None):
+    """This host's training batches; infinite when num_epochs is None, fresh masks per epoch."""
+    vocab = tokenize.vocabulary(tokenizer)
+    examples = _examples(config, tokenizer, vocab, "train", process_index=process_index,
+                         process_count=process_count, shuffle=True, num_epochs=num_epochs,
+                         keep_remainder=False)
+    host_batch = per_device_batch_size * local_device_count
+    ds = examples.rebatch(host_batch, drop_remainder=True).enumerate()
+    ds = ds.map(_masker(config, vocab, "train", process_index),
+                num_parallel_calls=tf.data.AUTOTUNE)
+    return _finish(ds, config, local_device_count, per_device_batch_size)
+
+
+def _host_cap(max_eval_samples, process_index, process_count):
+    """This host's share of max_eval_samples (shares differ by at most one)."""
+    share, extra = divmod(max_eval_samples, process_count)
+    return share + (process_index < extra)
+
+
+def _eval_batches(config, tokenizer, vocab, host_batch, process_index, process_count):
+    """Unmasked validation batches of host_batch examples, the last one possibly short."""
+    examples = _examples(config, tokenizer, vocab, "validation", process_index=process_index,
+                         process_count=process_count, shuffle=False, num_epochs=1,
+                         keep_remainder=True)
+    ds = examples.rebatch(host_batch, drop_remainder=False)
+    if config.max_eval_samples is None:
+        return ds
+    cap = _host_cap(config.max_eval_samples, process_index, process_count)
+    batches = -(-cap // host_batch)
+
+    def truncate(index, batch):
+        keep = tf.cast(cap - index * host_batch, tf.int32)
+        return {key: value[:keep] for key, value in batch.items()}
+
+    return ds.take(batches).enumerate().map(truncate)
+
+
+def _pad_batch(host_batch, widths, pad_id):
+    """Pads a masked batch with weight-0 examples up to host_batch rows."""
+
+    def pad(batch):
+        missing = host_batch - tf.shape(batch["input_ids"])[0]
+        fill = {"input_ids": pad_id, "labels": masking.IGNORE_INDEX}
+        padded = {}
+        for key in _FEATURES:
+            value = batch[key]
+            padded[key] = tf.pad(value, [[0, missing], [0, 0]],
+                                 constant_values=tf.cast(fill.get(key, 0), value.dtype))
+        return padded
+
+    def blank():
+        return {key: tf.zeros([0, widths[key]],
+                              tf.float32 if key == "masked_weights" else tf.int32)
+                for key in _FEATURES}
+
+    return pad, blank
+
+
+def eval_dataset(config, tokenizer, *, per_device_batch_size, local_device_count,
+                 process_index=0, process_count=1, num_batches=None):
+    """This host's validation batches: every example once, fixed masks, weight-0 padding.
+
+    With num_batches (the maximum of count_eval_batches over hosts), exactly
+    that many batches, the extra ones all weight 0.
+    """
+    vocab = tokenize.vocabulary(tokenizer)
+    host_batch = per_device_batch_size * local_device_count
+    ds = _eval_batches(config, tokenizer, vocab, host_batch, process_index, process_count)
+    ds = ds.enumerate().map(_masker(config, vocab, "validation", process_index))
+    pad, blank = _pad_batch(host_batch, _widths(config), vocab.pad_id)
+    ds = ds.map(pad)
+    if num_batches is not None:
+        ds = ds.concatenate(tf.data.Dataset.from_tensors(blank()).map(pad).repeat())
+        ds = ds.take(num_batches)
+    return _finish(ds, config, local_device_count, per_device_batch_size)
+
+
+def count_eval_batches(config, tokenizer, *, per_device_batch_size, local_device_count,
+                       process_index=0, process_count=1):
+    """How many batches eval_dataset yields on this host (one pass over its validation data)."""
+    vocab = tokenize.vocabulary(tokenizer)
+    host_batch = per_device_batch_size * local_device_count
+    ds = _eval_batches(config, tokenizer, vocab, host_batch, process_index, process_count)
+    options = tf.data.Options()
+    options.experimental_external_state_policy = (
+        tf.data.experimental.ExternalStatePolicy.IGNORE)
+    ds = ds.map(lambda batch: 0).with_options(options)
+    return int(ds.reduce(tf.constant(0, tf.int64), lambda count, _: count + 1))

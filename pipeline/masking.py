@@ -1,0 +1,107 @@
+"""Masked-language-model masking of whole batches with stateless random ops.
+
+Every random number comes from `tf.random.stateless_*` seeded by the run
+seed, the host and the batch's position in the stream, so the pipeline is
+deterministic, its iterator state can be checkpointed, and each epoch (a
+later position) gets fresh masks.
+
+Per example, google-research/bert's rule picks
+`min(max_predictions_per_seq, max(1, round(n_real * mlm_probability)))`
+predictions among the non-special, non-pad tokens. Units are single tokens,
+or whole words (a word start and its continuations) when whole-word
+masking is on: units are taken in a random order while they fit in the
+budget (a unit larger than the budget is never taken), which for single
+tokens is exactly a uniform choice. Of the chosen tokens `mask_replace_prob`
+become the mask token, `random_replace_prob` a random non-special id, and
+the rest stay.
+"""
+
+import numpy as np
+import tensorflow as tf
+
+IGNORE_INDEX = -100
+
+
+def _unit_ids(candidate, word_starts, whole_words):
+    """Numbers the masking units of each row 0, 1, ... in order; -1 off the candidates."""
+    previous = tf.pad(candidate[:, :-1], [[0, 0], [1, 0]])
+    starts = candidate & ~previous
+    if whole_words:
+        starts |= candidate & word_starts
+    else:
+        starts = candidate
+    unit = tf.cumsum(tf.cast(starts, tf.int32), axis=1) - 1
+    return tf.where(candidate, unit, -1)
+
+
+def _choose(candidate, unit, budget, seed):
+    """Selects whole units in a random order while the running token count fits the budget."""
+    batch, length = tf.shape(unit)[0], tf.shape(unit)[1]
+    rows = tf.range(batch)[:, None] * length
+    segments = tf.reshape(tf.where(candidate, rows + unit, batch * length), [-1])
+    sizes = tf.math.unsorted_segment_sum(
+        tf.ones_like(segments), segments, batch * length + 1)[:-1]
+    sizes = tf.reshape(sizes, [batch, length])
+    usable = (sizes > 0) & (sizes <= budget[:, None])
+    keys = tf.where(usable, tf.random.stateless_uniform([batch, length], seed), 2.0)
+    order = tf.argsort(keys, axis=1, stable=True)
+    taken = tf.cumsum(tf.gather(sizes, order, batch_dims=1), axis=1) <= budget[:, None]
+    taken &= tf.gather(usable, order, batch_dims=1)
+    chosen_units = tf.gather(taken, tf.argsort(order, axis=1), batch_dims=1)
+    return candidate & tf.gather(chosen_units, tf.maximum(unit, 0), batch_dims=1)
+
+
+def masker(vocab, config, *, whole_words, process_index=0):
+    """Returns fn(index, batch) -> MLM features for batches {"input_ids", "word_starts"}.
+
+    `index` is the batch's position in the stream (from `Dataset.enumerate`);
+    `whole_words` picks whole-word units instead of single tokens. Hosts get
+    different masks for the same position.
+    """
+    stream_seed = tf.constant([config.seed, process_index], tf.int64)
+    is_special = tf.constant(vocab.is_special)
+    replacements = tf.constant(np.flatnonzero(~vocab.is_special), tf.int32)
+    max_predictions = config.max_predictions_per_seq
+    mask_prob = config.mask_replace_prob
+    random_prob = config.mask_replace_prob + config.random_replace_prob
+    if not 0 <= mask_prob <= random_prob <= 1:
+        raise ValueError(
+            "mask_replace_prob + random_replace_prob must lie in [0, 1], got "
+            f"{config.mask_replace_prob} + {config.random_replace_prob}")
+
+    def mask(index, batch):
+        ids = batch["input_ids"]
+        seeds = tf.random.experimental.stateless_split(
+            tf.random.experimental.stateless_fold_in(stream_seed, index), 3)
+        real = ids != vocab.pad_id
+        candidate = ~tf.gather(is_special, ids)
+        n_real = tf.reduce_sum(tf.cast(real, tf.float32), axis=1)
+        budget = tf.cast(tf.round(n_real * config.mlm_probability), tf.int32)
+        budget = tf.minimum(max_predictions, tf.maximum(1, budget))
+        unit = _unit_ids(candidate, batch["word_starts"], whole_words)
+        chosen = _choose(candidate, unit, budget, seeds[0])
+
+        action = tf.random.stateless_uniform(tf.shape(ids), seeds[1])
+        random_ids = tf.gather(replacements, tf.random.stateless_uniform(
+            tf.shape(ids), seeds[2], maxval=tf.size(replacements), dtype=tf.int32))
+        shown = tf.where(action < mask_prob, vocab.mask_id,
+                         tf.where(action < random_prob, random_ids, ids))
+        length = tf.shape(ids)[1]
+        positions = tf.range(length)[None, :]
+        score = tf.where(chosen, length - positions, 0)
+        # top_k needs at least max_predictions columns; zeros there are padding.
+        score = tf.pad(score, [[0, 0], [0, tf.maximum(0, max_predictions - length)]])
+        top, _ = tf.math.top_k(score, k=max_predictions, sorted=True)
+        weights = top > 0
+        masked_positions = tf.where(weights, length - top, 0)
+        return {
+            "input_ids": tf.where(chosen, shown, ids),
+            "attention_mask": tf.cast(real, tf.int32),
+            "token_type_ids": tf.zeros_like(ids),
+            "labels": tf.where(chosen, ids, IGNORE_INDEX),
+            "masked_positions": masked_positions,
+            "masked_ids": tf.where(weights, tf.gather(ids, masked_positions, batch_dims=1), 0),
+            "masked_weights": tf.cast(weights, tf.float32),
+        }
+
+    return mask

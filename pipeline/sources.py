@@ -1,0 +1,221 @@
+"""Where lines come from: files, TFDS or Hugging Face datasets, as batches of text.
+
+`line_batches` is the pipeline's first stage. It yields {"text": [n]}
+(plus "chinese_ref" when the split has a reference file) with blank lines
+removed, one epoch per iteration, sharded per host and optionally shuffled.
+"""
+
+import itertools
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from pipeline import formats, sharding
+from pipeline.errors import InputError
+
+_MAX_INTERLEAVE = 4  # files read at once; also mixes their batches
+_MAX_INDEX_SHUFFLE = 1 << 16  # batch starts shuffled at once in a saved dataset
+
+
+def line_batches(config, split, *, process_index=0, process_count=1, shuffle=False,
+                 read_batch_size=1024):
+    """One epoch of {"text": [n]} batches (1 <= n <= read_batch_size) of `split` for this host."""
+    if split not in ("train", "validation"):
+        raise ValueError(f"split must be 'train' or 'validation', not {split!r}")
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index {process_index} not in range({process_count})")
+    if read_batch_size < 1:
+        raise ValueError(f"read_batch_size must be positive, not {read_batch_size}")
+    if not 0 <= config.validation_split_percentage <= 100:
+        raise InputError("validation_split_percentage must be within [0, 100], not "
+                         f"{config.validation_split_percentage}")
+    read = dict(process_index=process_index, process_count=process_count, shuffle=shuffle,
+                seed=config.seed, batch_size=read_batch_size)
+    if config.dataset_name:
+        ds, holdout = _dataset_batches(config, split, **read)
+    elif config.train_file or (split == "validation" and config.validation_file):
+        ds, holdout = _file_batches(config, split, **read)
+    else:
+        raise InputError("no data: set train_file (and validation_file) or dataset_name")
+    ds = ds.map(
+        lambda b: sharding.keep_lines(b, holdout, config.validation_split_percentage),
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).filter(sharding.not_empty)
+    if shuffle:
+        ds = sharding.shuffle_lines(ds, config.shuffle_buffer_size, read_batch_size, config.seed)
+    options = tf.data.Options()
+    # Parsing may run pure Python (numpy_function); the iterator stays checkpointable.
+    options.experimental_external_state_policy = (
+        tf.data.experimental.ExternalStatePolicy.IGNORE)
+    return ds.with_options(options)
+
+
+def _file_batches(config, split, **read):
+    """Batches of train_file/validation_file, and which held-out side to keep (or None)."""
+    if split == "validation" and config.validation_file:
+        spec, ref, holdout = config.validation_file, config.validation_ref_file, None
+    else:
+        spec, ref = config.train_file, config.train_ref_file
+        holdout = None if config.validation_file else split
+    files = formats.resolve_files(spec)
+    fmt = formats.common_format(files)
+    if ref:
+        if len(files) != 1 or fmt != "txt":
+            raise InputError(
+                f"reference file {ref} needs exactly one .txt text file, got {files}")
+        return formats.with_refs(files[0], ref, **read), holdout
+    return _read_files(files, fmt, config.text_column, **read), holdout
+
+
+def _read_files(files, fmt, column, *, process_index, process_count, shuffle,
+                seed, batch_size):
+    files, shard_elements = sharding.host_files(files, process_index, process_count)
+    formats.check_file(files[0], fmt, column)
+    columns = [0] * len(files)
+    if fmt == "csv":
+        columns = [formats.csv_column_index(f, column) for f in files]
+    compressions = [formats.compression_of(f) for f in files]
+    names = tf.data.Dataset.from_tensor_slices((files, compressions, columns))
+    if shuffle:
+        names = names.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+
+    def read(path, compression, col):
+        return formats.read_file(path, fmt, compression, batch_size, col)
+
+    if len(files) == 1:
+        ds = names.flat_map(read)
+    else:
+        cycle = min(len(files), _MAX_INTERLEAVE)
+        ds = names.interleave(read, cycle_length=cycle, num_parallel_calls=cycle,
+                              deterministic=True)
+    if shard_elements:
+        ds = sharding.shard_batches(ds, process_index, process_count)
+    parse = formats.parse_fn(fmt, column)
+    if parse:
+        ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds
+
+
+def _dataset_batches(config, split, **read):
+    """Batches of a TFDS ("tfds:NAME[/CONFIG]") or Hugging Face dataset, and the held-out side."""
+    if config.dataset_name.startswith("tfds:"):
+        return _tfds_batches(config, split, **read)
+    import datasets  # imported here: seconds of start-up that file sources do not need
+
+    data = _load_hf(config)
+    name, holdout = _pick_split(list(data), split, config.dataset_name)
+    data = data[name]
+    if isinstance(data, datasets.Dataset):
+        return _arrow_batches(data, config.text_column, config.dataset_name, **read), holdout
+    return _stream_batches(data, config.text_column, config.dataset_name, **read), holdout
+
+
+def _pick_split(available, split, dataset):
+    """The dataset split to read, and which held-out side to keep when it has no validation."""
+    if "train" not in available:
+        raise InputError(f"dataset {dataset} has no 'train' split (it has {available})")
+    if "validation" in available:
+        return split, None
+    return "train", split
+
+
+def _tfds_batches(config, split, *, process_index, process_count, shuffle, seed, batch_size):
+    import tensorflow_datasets as tfds  # imported here, like datasets
+
+    name = config.dataset_name[len("tfds:"):]
+    if config.dataset_config_name and "/" not in name:
+        name = f"{name}/{config.dataset_config_name}"
+    try:
+        builder = tfds.builder(name, data_dir=os.environ.get("TFDS_DATA_DIR"))
+    except ValueError as e:  # also tfds's DatasetNotFoundError and unknown configs
+        raise InputError(f"TFDS dataset {name!r} not found: {e}") from e
+    if not builder.is_prepared():
+        raise InputError(f"TFDS dataset {name!r} is not prepared in {builder.data_dir}; "
+                         "build it first (this trainer never downloads)")
+    if config.text_column not in builder.info.features:
+        raise InputError(f"TFDS dataset {name!r} has no feature {config.text_column!r} "
+                         f"(features: {sorted(builder.info.features)})")
+    tfds_split, holdout = _pick_split(list(builder.info.splits), split, name)
+    read_config = tfds.ReadConfig(shuffle_seed=seed, shuffle_reshuffle_each_iteration=True)
+    ds = builder.as_dataset(
+        split=tfds.even_splits(tfds_split, n=process_count)[process_index],
+        shuffle_files=shuffle, read_config=read_config)
+    column = config.text_column
+    return ds.batch(batch_size).map(lambda ex: {"text": ex[column]}), holdout
+
+
+def _load_hf(config):
+    """A dict of splits: map-style for save_to_disk directories, streaming otherwise."""
+    import datasets
+
+    name = config.dataset_name
+    saved = any(tf.io.gfile.exists(os.path.join(name, marker))
+                for marker in ("dataset_dict.json", "state.json"))
+    try:
+        if saved:
+            data = datasets.load_from_disk(name)
+        else:
+            data = datasets.load_dataset(name, config.dataset_config_name, streaming=True)
+    except (FileNotFoundError, ValueError, datasets.exceptions.DatasetNotFoundError) as e:
+        raise InputError(f"Hugging Face dataset {name!r} could not be loaded: {e}") from e
+    if isinstance(data, (datasets.Dataset, datasets.IterableDataset)):
+        return {"train": data}
+    return data
+
+
+def _check_column(data, column, dataset):
+    if data.column_names is not None and column not in data.column_names:
+        raise InputError(f"dataset {dataset} has no text column {column!r} "
+                         f"(columns: {data.column_names})")
+
+
+def _texts(rows, column, dataset):
+    if column not in rows:
+        raise InputError(f"dataset {dataset} has no text column {column!r} "
+                         f"(columns: {sorted(rows)})")
+    return np.array(["" if t is None else t for t in rows[column]], dtype=object)
+
+
+def _arrow_batches(data, column, dataset, *, process_index, process_count, shuffle, seed,
+                   batch_size):
+    """A saved (memory-mapped) dataset read by batch index: pure, so checkpointable."""
+    _check_column(data, column, dataset)
+    starts = tf.data.Dataset.range(0, len(data), batch_size)
+    starts = sharding.shard_batches(starts, process_index, process_count)
+    if shuffle:
+        starts = starts.shuffle(_MAX_INDEX_SHUFFLE, seed=seed, reshuffle_each_iteration=True)
+
+    def fetch(start):
+        return _texts(data[int(start):int(start) + batch_size], column, dataset)
+
+    def read(start):
+        text = tf.numpy_function(fetch, [start], tf.string, stateful=False)
+        text.set_shape([None])
+        return {"text": text}
+
+    return starts.map(read, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def _stream_batches(data, column, dataset, *, process_index, process_count, shuffle, seed,
+                    batch_size):
+    """A streaming dataset (hub name or folder of data files) through a generator.
+
+    Its iterator state cannot be checkpointed exactly: a restored iterator
+    starts the epoch again.
+    """
+    from datasets.distributed import split_dataset_by_node
+
+    _check_column(data, column, dataset)
+    if shuffle:
+        data = data.shuffle(seed=seed, buffer_size=batch_size)
+    data = split_dataset_by_node(data, process_index, process_count)
+    epochs = itertools.count()
+
+    def generate():
+        data.set_epoch(next(epochs))
+        for rows in data.iter(batch_size=batch_size):
+            yield _texts(rows, column, dataset)
+
+    ds = tf.data.Dataset.from_generator(
+        generate, output_signature=tf.TensorSpec([None], tf.string))
+    return ds.map(lambda text: {"text": text})

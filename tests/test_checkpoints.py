@@ -1,0 +1,156 @@
+"""Checkpoints: exact resume of state and input position, keep-N, the output_dir guard, signals."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import flax
+import jax
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from trainer import checkpoints
+
+
+def shuffled_batches():
+    """A small stateful-looking pipeline (shuffle buffer, map, prefetch) with a [D, B] layout."""
+    devices = jax.local_device_count()
+    ds = tf.data.Dataset.range(10_000).shuffle(64, seed=3)
+    ds = ds.batch(devices * 2).map(lambda x: {"x": tf.reshape(x, [devices, 2])})
+    return ds.prefetch(2)
+
+
+def host_values(device_batches, count):
+    return [np.asarray(next(device_batches)["x"]) for _ in range(count)]
+
+
+def make_state(scale=1.0, shape=(3, 4)):
+    return {"params": {"w": np.full(shape, scale, np.float32)},
+            "step": np.asarray(7, np.int32), "rng": np.asarray([1, 2], np.uint32)}
+
+
+def test_round_trip_restores_state_and_next_batches(tmp_path):
+    data = checkpoints.DataIterator(shuffled_batches())
+    batches = data.to_device(2)
+    host_values(batches, 5)
+    ckpt = checkpoints.Checkpoints(tmp_path)
+    ckpt.save(5, flax.jax_utils.replicate(make_state(2.0)), data, wait=True)
+    expected = host_values(batches, 6)
+    ckpt.close()
+
+    resumed = checkpoints.DataIterator(shuffled_batches())
+    ckpt = checkpoints.Checkpoints(tmp_path)
+    assert ckpt.latest_step == 5
+    state = ckpt.restore(make_state(0.0), resumed)
+    ckpt.close()
+    np.testing.assert_array_equal(state["params"]["w"], np.full((3, 4), 2.0))
+    assert state["step"] == 7 and state["rng"].tolist() == [1, 2]
+    got = host_values(resumed.to_device(2), 6)
+    np.testing.assert_array_equal(np.stack(got), np.stack(expected))
+
+
+def test_keeps_the_last_n_checkpoints(tmp_path):
+    data = checkpoints.DataIterator(shuffled_batches())
+    ckpt = checkpoints.Checkpoints(tmp_path, save_total_limit=2)
+    state = flax.jax_utils.replicate(make_state())
+    for step in (1, 2, 3, 4):
+        ckpt.save(step, state, data)
+    ckpt.wait()
+    assert ckpt.all_steps() == [3, 4]
+    ckpt.close()
+    assert sorted(os.listdir(tmp_path / checkpoints.CHECKPOINT_DIR)) == ["3", "4"]
+
+
+def test_checkpoint_of_another_model_is_a_clear_error(tmp_path):
+    data = checkpoints.DataIterator(shuffled_batches())
+    ckpt = checkpoints.Checkpoints(tmp_path)
+    ckpt.save(1, flax.jax_utils.replicate(make_state()), data, wait=True)
+    with pytest.raises(checkpoints.CheckpointMismatchError, match=r"\['w'\] has shape \(3, 4\)"):
+        ckpt.restore(make_state(shape=(3, 5)), data)
+    other = {"params": {"v": np.zeros(2, np.float32)}, "step": np.int32(0),
+             "rng": np.zeros(2, np.uint32)}
+    with pytest.raises(checkpoints.CheckpointMismatchError, match="has no .*'v'"):
+        ckpt.restore(other, data)
+    ckpt.close()
+
+
+def snapshot(path):
+    return {p: (os.path.getsize(p), os.path.getmtime(p))
+            for p in (os.path.join(root, f) for root, _, files in os.walk(path) for f in files)}
+
+
+def test_output_dir_guard(tmp_path):
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    before = snapshot(foreign)
+    with pytest.raises(checkpoints.OutputDirError, match="notes.txt.*--overwrite_output_dir"):
+        checkpoints.prepare_output_dir(foreign, overwrite=False, run_args={})
+    assert snapshot(foreign) == before and os.listdir(foreign) == ["notes.txt"]
+
+    fresh = tmp_path / "fresh"
+    assert checkpoints.prepare_output_dir(fresh, overwrite=False, run_args={"a": 1}) is False
+    assert (fresh / checkpoints.RUN_MARKER).exists()
+    (fresh / checkpoints.CHECKPOINT_DIR).mkdir()
+    assert checkpoints.prepare_output_dir(fresh, overwrite=False, run_args={"a": 1}) is True
+
+    # Overwrite starts afresh: our checkpoints go, other files stay.
+    assert checkpoints.prepare_output_dir(fresh, overwrite=True, run_args={}) is False
+    assert not (fresh / checkpoints.CHECKPOINT_DIR).exists()
+    assert checkpoints.prepare_output_dir(foreign, overwrite=True, run_args={}) is False
+    assert (foreign / "notes.txt").read_text() == "mine"
+
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    with pytest.raises(checkpoints.OutputDirError, match="is a file"):
+        checkpoints.prepare_output_dir(a_file, overwrite=True, run_args={})
+
+
+KILL_DURING_SAVE = textwrap.dedent("""
+    import os, signal, sys
+    import flax, numpy as np
+    sys.path.insert(0, {root!r})
+    from tests.test_checkpoints import shuffled_batches
+    from trainer import checkpoints
+    data = checkpoints.DataIterator(shuffled_batches())
+    ckpt = checkpoints.Checkpoints({out!r})
+    small = {{"w": np.ones(4, np.float32)}}
+    ckpt.save(1, flax.jax_utils.replicate(small), data, wait=True)
+    big = {{"w": np.ones(4, np.float32), "big": np.ones(25_000_000, np.float32)}}
+    ckpt.save(2, flax.jax_utils.replicate(big), data)  # async: returns while writing
+    names = os.listdir(os.path.join({out!r}, "checkpoints"))
+    print("during save:", sorted(names), flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+""")
+
+
+def test_kill_during_checkpoint_write_keeps_previous_checkpoint(tmp_path):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    script = KILL_DURING_SAVE.format(root=root, out=str(tmp_path))
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            env=env, timeout=120, check=False)
+    assert result.returncode == -signal.SIGKILL, result.stderr[-2000:]
+    assert "orbax-checkpoint-tmp" in result.stdout, result.stdout  # killed mid-write
+
+    ckpt = checkpoints.Checkpoints(tmp_path)
+    assert ckpt.latest_step == 1
+    data = checkpoints.DataIterator(shuffled_batches())
+    state = ckpt.restore({"w": np.zeros(4, np.float32)}, data)
+    ckpt.close()
+    np.testing.assert_array_equal(state["w"], np.ones(4))
+
+
+def test_stop_request_turns_signals_into_a_flag():
+    stop = checkpoints.StopRequest()
+    try:
+        assert not stop.requested()
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.requested() and stop.name == "SIGTERM"
+        assert stop.exit_code() == 128 + signal.SIGTERM
+    finally:
+        stop.uninstall()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL

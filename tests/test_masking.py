@@ -1,0 +1,124 @@
+"""Masking statistics, whole-word units and stateless determinism."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from pipeline import config as config_lib
+from pipeline import inputs, masking, pack, tokenize
+
+CONFIG = config_lib.DataConfig(max_seq_length=128, line_by_line=True, seed=3)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tokenizer_dir):
+    return inputs.load_tokenizer(tokenizer_dir)
+
+
+@pytest.fixture(scope="module")
+def vocab(tokenizer):
+    return tokenize.vocabulary(tokenizer)
+
+
+def _examples(tokenizer, vocab, corpus_file, lines, config):
+    text = corpus_file.read_text(encoding="utf-8").splitlines()[:lines]
+    ds = tf.data.Dataset.from_tensor_slices(text).batch(256).map(lambda t: {"text": t})
+    return pack.pack(tokenize.tokenize(ds, tokenizer, vocab), vocab, config).rebatch(256)
+
+
+def _masked(examples, vocab, config, whole_words=False):
+    mask = masking.masker(vocab, config, whole_words=whole_words)
+    out = {}
+    for index, batch in examples.enumerate():
+        for key, value in {**batch, **mask(index, batch)}.items():
+            out.setdefault(key, []).append(value.numpy())
+    return {key: np.concatenate(values) for key, values in out.items()}
+
+
+@pytest.fixture(scope="module")
+def masked(tokenizer, vocab, corpus_file):
+    examples = _examples(tokenizer, vocab, corpus_file, 3500, CONFIG)
+    before = np.concatenate([b["input_ids"].numpy() for b in examples])
+    return before, _masked(examples, vocab, CONFIG)
+
+
+def test_prediction_count_follows_berts_rule(masked):
+    before, out = masked
+    real = (out["attention_mask"] == 1).sum(axis=1)
+    assert real.sum() >= 100_000
+    expected = np.minimum(20, np.maximum(1, np.round(real * 0.15)))
+    predicted = (out["labels"] != masking.IGNORE_INDEX).sum(axis=1)
+    np.testing.assert_array_equal(predicted, expected)
+    assert 0.13 < predicted.sum() / real.sum() < 0.16
+
+
+def test_predictions_are_never_special_or_padding_and_split_80_10_10(masked, vocab):
+    before, out = masked
+    chosen = out["labels"] != masking.IGNORE_INDEX
+    assert not vocab.is_special[before[chosen]].any()
+    np.testing.assert_array_equal(out["labels"][chosen], before[chosen])
+    np.testing.assert_array_equal(out["input_ids"][~chosen], before[~chosen])
+    shown = out["input_ids"][chosen]
+    as_mask = shown == vocab.mask_id
+    kept = shown == before[chosen]
+    randomized = ~as_mask & ~kept
+    assert not vocab.is_special[shown[randomized]].any()
+    assert chosen.sum() > 15_000
+    assert abs(as_mask.mean() - 0.8) < 0.015
+    assert abs(randomized.mean() - 0.1) < 0.01
+    assert abs(kept.mean() - 0.1) < 0.01
+
+
+def test_gather_form_matches_labels(masked):
+    _, out = masked
+    weights = out["masked_weights"]
+    assert weights.dtype == np.float32 and out["masked_positions"].dtype == np.int32
+    for row in range(len(weights)):
+        positions = np.flatnonzero(out["labels"][row] != masking.IGNORE_INDEX)
+        n = len(positions)
+        assert weights[row, :n].all() and not weights[row, n:].any()
+        assert out["masked_positions"][row, :n].tolist() == positions.tolist()
+        assert out["masked_ids"][row, :n].tolist() == out["labels"][row, positions].tolist()
+        assert not out["masked_positions"][row, n:].any()
+        assert not out["masked_ids"][row, n:].any()
+    np.testing.assert_array_equal(out["token_type_ids"], 0)
+
+
+def _word_spans(starts, candidate):
+    """(begin, end) of every word: a start and the continuation tokens after it."""
+    spans, begin = [], None
+    for i, (start, cand) in enumerate(zip(starts, candidate)):
+        if begin is not None and (start or not cand):
+            spans.append((begin, i))
+            begin = None
+        if cand and begin is None:
+            begin = i
+    return spans
+
+
+def test_whole_word_masking_takes_whole_words(tokenizer, vocab, corpus_file):
+    config = dataclasses.replace(CONFIG, line_by_line=False, whole_word_masking=True)
+    examples = _examples(tokenizer, vocab, corpus_file, 600, config)
+    out = _masked(examples, vocab, config, whole_words=True)
+    chosen = out["labels"] != masking.IGNORE_INDEX
+    candidate = ~vocab.is_special[np.where(chosen, out["labels"], out["input_ids"])]
+    multi_token_words = 0
+    for row in range(len(chosen)):
+        assert 0 < chosen[row].sum() <= 19
+        for begin, end in _word_spans(out["word_starts"][row], candidate[row]):
+            assert chosen[row, begin:end].all() or not chosen[row, begin:end].any()
+            multi_token_words += end - begin > 1 and chosen[row, begin]
+    assert multi_token_words > 50
+
+
+def test_masks_are_stateless_in_the_stream_position(tokenizer, vocab, corpus_file):
+    batch = next(iter(_examples(tokenizer, vocab, corpus_file, 300, CONFIG)))
+    mask = masking.masker(vocab, CONFIG, whole_words=False)
+    first, again, later = (mask(tf.constant(i, tf.int64), batch)["labels"].numpy()
+                           for i in (0, 0, 1))
+    np.testing.assert_array_equal(first, again)
+    assert (first != later).any()
+    other_host = masking.masker(vocab, CONFIG, whole_words=False, process_index=1)
+    assert (other_host(tf.constant(0, tf.int64), batch)["labels"].numpy() != first).any()

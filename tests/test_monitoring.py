@@ -1,0 +1,106 @@
+"""Monitoring: TensorBoard scalars read back with TensorBoard's reader, progress bar, console filter."""
+
+import io
+import logging as py_logging
+
+from absl import logging
+from clu.metric_writers import logging_writer
+import pytest
+import tensorflow as tf
+from tensorboard.backend.event_processing import event_accumulator
+
+from trainer import monitoring
+
+
+def read_scalars(logdir):
+    """{tag: {step: value}} from TensorBoard event files (TF2 summaries are tensor events)."""
+    events = event_accumulator.EventAccumulator(
+        str(logdir), size_guidance={event_accumulator.TENSORS: 0})
+    events.Reload()
+    return {tag: {e.step: float(tf.make_ndarray(e.tensor_proto)) for e in events.Tensors(tag)}
+            for tag in events.Tags()["tensors"]
+            if events.SummaryMetadata(tag).plugin_data.plugin_name == "scalars"}
+
+
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_bar_in_a_log_writes_only_forced_lines():
+    stream = io.StringIO()
+    bar = monitoring.ProgressBar("train", 10, stream=stream)
+    bar.update(1)
+    bar.update(2)
+    assert stream.getvalue() == ""
+    bar.update(5, force=True, loss=1.5)
+    line = stream.getvalue()
+    assert line.count("\n") == 1
+    assert line.startswith("train 5/10 [") and " 50%" in line
+    assert "loss 1.5" in line and "steps/s" in line and "ETA" in line
+
+
+def test_progress_bar_on_a_terminal_redraws_in_place():
+    stream = Terminal()
+    bar = monitoring.ProgressBar("eval", 4, unit="batches", stream=stream)
+    bar.update(4, force=True)
+    bar.close()
+    out = stream.getvalue()
+    assert out.startswith("\reval 4/4") and out.endswith("\n")
+    assert "\n" not in out[:-1]
+
+
+@pytest.mark.parametrize("seconds,text", [(5, "5s"), (65, "1m05s"), (3725, "1h02m"),
+                                          (float("inf"), "?")])
+def test_format_duration(seconds, text):
+    assert monitoring.format_duration(seconds) == text
+
+
+def make_monitor(logdir, start_step):
+    return monitoring.Monitor(str(logdir), total_steps=20, start_step=start_step,
+                              logging_steps=5, tokens_per_step=1000,
+                              hparams={"learning_rate": 0.1, "model_type": "bert", "x": None})
+
+
+def test_monitor_writes_train_and_eval_scalars_to_tensorboard(tmp_path):
+    monitor = make_monitor(tmp_path, 0)
+    for step in range(1, 11):
+        monitor.step_done(step)
+        if step % 5 == 0:
+            monitor.write_train(step, {"loss": 3.0 / step, "accuracy": 0.1})
+    monitor.write_eval(10, {"loss": 0.5, "perplexity": 1.65})
+    monitor.close()
+    scalars = read_scalars(tmp_path)
+    assert scalars["train/loss"] == pytest.approx({5: 0.6, 10: 0.3})
+    assert scalars["eval/loss"] == {10: 0.5}
+    assert set(scalars["train/tokens_per_sec"]) == {5, 10}
+    assert all(v > 0 for v in scalars["train/tokens_per_sec"].values())
+    assert 10 in scalars["steps_per_sec"]  # ReportProgress
+
+
+def test_hparams_are_written_once_per_run(tmp_path):
+    make_monitor(tmp_path / "fresh", 0).close()
+    make_monitor(tmp_path / "resumed", 10).close()
+    assert plugin_tags(tmp_path / "fresh", "hparams")
+    assert not plugin_tags(tmp_path / "resumed", "hparams")
+
+
+def plugin_tags(logdir, plugin):
+    """Tags whose summaries belong to a TensorBoard plugin (e.g. "hparams")."""
+    events = event_accumulator.EventAccumulator(
+        str(logdir), size_guidance={event_accumulator.TENSORS: 0})
+    events.Reload()
+    return [tag for tag in events.Tags()["tensors"]
+            if events.SummaryMetadata(tag).plugin_data.plugin_name == plugin]
+
+
+def test_console_shows_metric_lines_but_not_library_chatter(caplog):
+    monitoring.configure_console_logging()
+    with caplog.at_level(py_logging.INFO, logger="absl"):
+        logging.info("library chatter")
+        logging.warning("a library warning")
+        logging_writer.LoggingWriter().write_scalars(3, {"train/loss": 1.25})
+    messages = [r.getMessage() for r in caplog.records]
+    assert "library chatter" not in messages
+    assert "a library warning" in messages
+    assert any("train/loss=1.25" in m for m in messages)

@@ -1,0 +1,188 @@
+"""train.py end to end on 8 CPU devices: train, evaluate, checkpoint, get killed, resume, export.
+
+Each run is a real `python train.py config.json` subprocess on a tiny BERT,
+so the kill, the signal handling and the resume are the product's own.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import train
+from trainer import checkpoints
+
+from test_monitoring import read_scalars  # TensorBoard's own event reader
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STEPS = 40
+
+
+@pytest.fixture(scope="module")
+def config(corpus_file, tokenizer_dir):
+    return {
+        "model_type": "bert",
+        "config_overrides": "hidden_size=32,num_hidden_layers=1,num_attention_heads=2,"
+                            "intermediate_size=64,max_position_embeddings=64",
+        "tokenizer_name": str(tokenizer_dir),
+        "train_file": str(corpus_file),
+        "max_seq_length": 32,
+        "max_predictions_per_seq": 6,
+        "max_eval_samples": 48,
+        "shuffle_buffer_size": 200,
+        "do_train": True,
+        "do_eval": True,
+        "per_device_train_batch_size": 2,
+        "per_device_eval_batch_size": 2,
+        "learning_rate": 3e-3,
+        "warmup_steps": 5,
+        "max_steps": STEPS,
+        "logging_steps": 1,
+        "eval_steps": 20,
+        "save_steps": 4,
+        "seed": 1,
+    }
+
+
+def write_config(path, config, output_dir):
+    path.write_text(json.dumps(dict(config, output_dir=str(output_dir))))
+    return str(path)
+
+
+def start(config_file):
+    return subprocess.Popen([sys.executable, os.path.join(ROOT, "train.py"), config_file],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, bufsize=1)
+
+
+def run(config_file, timeout=240):
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), config_file],
+                            cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                            check=False)
+    return result.returncode, result.stdout + result.stderr
+
+
+def read_until(process, marker):
+    """Reads the run's console until a line starting with `marker`; returns what was read."""
+    seen = []
+    for line in process.stdout:
+        seen.append(line)
+        if line.startswith(marker):
+            return "".join(seen)
+    raise AssertionError("the run ended before " + repr(marker) + ":\n" + "".join(seen)[-3000:])
+
+
+def finish(process):
+    rest = process.stdout.read()
+    return process.wait(timeout=120), rest
+
+
+def losses(output_dir):
+    return read_scalars(os.path.join(output_dir, checkpoints.LOG_DIR))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, config):
+    out = tmp_path_factory.mktemp("uninterrupted")
+    code, console = run(write_config(out / "config.json", config, out / "run"))
+    assert code == 0, console[-4000:]
+    return out / "run", console
+
+
+@pytest.mark.slow
+def test_trains_evaluates_and_logs(uninterrupted):
+    output_dir, console = uninterrupted
+    scalars = losses(output_dir)
+    assert sorted(scalars["train/loss"]) == list(range(1, STEPS + 1))
+    assert set(scalars["eval/loss"]) == {20, STEPS}
+    for name in ("train/accuracy", "train/learning_rate", "train/grad_norm",
+                 "eval/accuracy", "eval/perplexity", "steps_per_sec"):
+        assert name in scalars, sorted(scalars)
+    first, last = scalars["train/loss"][1], scalars["train/loss"][STEPS]
+    assert last < first
+    results = json.loads((output_dir / "eval_results.json").read_text())
+    assert results["step"] == STEPS
+    assert results["eval_loss"] == pytest.approx(scalars["eval/loss"][STEPS], rel=1e-6)
+    assert results["perplexity"] == pytest.approx(np.exp(results["eval_loss"]), rel=1e-5)
+    assert "tensorboard --logdir" in console and "Traceback" not in console
+    assert max(map(int, os.listdir(output_dir / checkpoints.CHECKPOINT_DIR))) == STEPS
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_with_the_same_losses(tmp_path, config, uninterrupted):
+    expected = losses(uninterrupted[0])
+    output_dir = tmp_path / "run"
+    config_file = write_config(tmp_path / "config.json", config, output_dir)
+
+    # SIGKILL once a checkpoint is complete and the run is past it.
+    process = start(config_file)
+    read_until(process, "train 6/")
+    first_checkpoint = output_dir / checkpoints.CHECKPOINT_DIR / "4"
+    deadline = time.monotonic() + 60
+    while not first_checkpoint.is_dir() and process.poll() is None:
+        assert time.monotonic() < deadline, "no checkpoint of step 4"
+        time.sleep(0.01)
+    process.kill()
+    code, _ = finish(process)
+    assert code == -signal.SIGKILL, "the run finished before it could be killed"
+    killed_at = checkpoints.Checkpoints(output_dir).latest_step
+    assert killed_at is not None and killed_at < STEPS
+
+    # Rerun, then SIGTERM: it saves a checkpoint of the step it reached and exits.
+    process = start(config_file)
+    console = read_until(process, f"train {killed_at + 3}/")
+    assert f"Resuming from the checkpoint of step {killed_at}" in console
+    process.send_signal(signal.SIGTERM)
+    code, rest = finish(process)
+    assert code == 128 + signal.SIGTERM, rest[-3000:]
+    stopped_at = int(rest.split("stopped by SIGTERM after step ")[1].split(";")[0])
+    assert killed_at + 3 <= stopped_at < STEPS
+    assert checkpoints.Checkpoints(output_dir).latest_step == stopped_at
+    assert "Traceback" not in rest
+
+    code, console = run(config_file)
+    assert code == 0, console[-4000:]
+    assert f"Resuming from the checkpoint of step {stopped_at}" in console
+    got = losses(output_dir)
+    for name in ("train/loss", "eval/loss", "eval/accuracy"):
+        assert got[name] == expected[name], name
+
+
+@pytest.mark.slow
+def test_export_loads_in_transformers_with_the_same_logits(uninterrupted):
+    torch = pytest.importorskip("torch")
+    import transformers  # pylint: disable=import-outside-toplevel
+    import model  # pylint: disable=import-outside-toplevel
+
+    output_dir = str(uninterrupted[0])
+    tokenizer = transformers.AutoTokenizer.from_pretrained(output_dir)
+    encoded = tokenizer(["The module returns a list of [MASK] names.",
+                         "Raise an error when the file is missing."],
+                        padding=True, return_tensors="np")
+    module, params = model.from_pretrained(output_dir)
+    ours = np.asarray(module.apply({"params": params}, encoded["input_ids"],
+                                   encoded["attention_mask"],
+                                   token_type_ids=encoded["token_type_ids"]))
+    theirs_model = transformers.AutoModelForMaskedLM.from_pretrained(output_dir).eval()
+    with torch.no_grad():
+        theirs = theirs_model(**{k: torch.tensor(v) for k, v in encoded.items()}).logits.numpy()
+    mask = encoded["attention_mask"].astype(bool)
+    np.testing.assert_allclose(ours[mask], theirs[mask], atol=2e-4, rtol=1e-4)
+
+
+def test_user_error_is_one_line_and_leaves_the_directory_alone(tmp_path, config, capsys):
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "thesis.tex").write_text("precious")
+    config_file = write_config(tmp_path / "config.json", config, foreign)
+    with pytest.raises(SystemExit) as exit_info:
+        train.main([config_file])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: output_dir ")
+    assert os.listdir(foreign) == ["thesis.tex"]

@@ -1,0 +1,326 @@
+"""Pretrain or fine-tune a BERT-style masked language model on streaming text.
+
+    python train.py configs/demo.json
+    python train.py --model_type bert --tokenizer_name DIR --train_file 'data/*.txt' \
+        --output_dir runs/x --max_steps 10000
+
+A rerun with the same output_dir resumes from its latest checkpoint.
+"""
+
+import functools
+import json
+import math
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads: no start-up chatter
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from flax import jax_utils  # noqa: E402
+from jax.experimental import multihost_utils  # noqa: E402
+
+import model  # noqa: E402
+from model import configuration  # noqa: E402
+from pipeline import inputs, sources  # noqa: E402
+from pipeline.errors import InputError  # noqa: E402
+from trainer import args as args_lib  # noqa: E402
+from trainer import checkpoints, monitoring, optimizers, schedules  # noqa: E402
+from trainer import step as step_lib  # noqa: E402
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+def initialize_distributed(training_args):
+    """Joins the JAX cluster: explicit coordinator flags, or Cloud TPU's automatic discovery."""
+    if training_args.coordinator_address:
+        jax.distributed.initialize(coordinator_address=training_args.coordinator_address,
+                                   num_processes=training_args.num_processes,
+                                   process_id=training_args.process_id)
+    elif "," in os.environ.get("TPU_WORKER_HOSTNAMES", ""):  # a multi-host Cloud TPU slice
+        jax.distributed.initialize()
+
+
+def create_model(model_args, data_args, tokenizer, seed):
+    """(module, params): a checkpoint's, or a new model sized for the tokenizer."""
+    dtype = jnp.dtype(model_args.dtype)
+    if model_args.model_name_or_path:
+        module, params = model.from_pretrained(
+            model_args.model_name_or_path, dtype=dtype,
+            config_overrides=model_args.config_overrides)
+    else:
+        config = configuration.load_config(
+            model_args.config_name or {"model_type": model_args.model_type or "bert"})
+        configuration.apply_overrides(config, model_args.config_overrides)
+        config.vocab_size = len(tokenizer)
+        config.pad_token_id = tokenizer.pad_token_id
+        module, params = model.from_config(config, seed=seed, dtype=dtype)
+    config = module.config
+    if len(tokenizer) > config.vocab_size:
+        raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but the model's "
+                         f"vocab_size is {config.vocab_size}")
+    positions = config.max_position_embeddings - (2 if config.model_type != "bert" else 0)
+    if data_args.max_seq_length > positions:
+        raise ValueError(f"max_seq_length {data_args.max_seq_length} is larger than the "
+                         f"model's {positions} positions (max_position_embeddings)")
+    return module, params
+
+
+def cluster_max(value: int) -> int:
+    """The largest of one integer over all processes."""
+    if jax.process_count() == 1:
+        return int(value)
+    return int(np.max(multihost_utils.process_allgather(np.int64(value))))
+
+
+def count_train_steps(data_config, tokenizer, training_args, per_device_batch_size):
+    """max_steps, or num_train_epochs times one epoch's batches (counted by one pass)."""
+    if training_args.max_steps > 0:
+        return training_args.max_steps
+    print("max_steps is not set: counting one epoch of training batches "
+          "(set --max_steps to skip this pass)", flush=True)
+    epoch = inputs.train_dataset(
+        data_config, tokenizer, per_device_batch_size=per_device_batch_size,
+        local_device_count=jax.local_device_count(), process_index=jax.process_index(),
+        process_count=jax.process_count(), num_epochs=1)
+    batches = cluster_max(int(epoch.reduce(np.int64(0), lambda count, _: count + 1)))
+    if batches == 0:
+        raise InputError(f"{data_config.train_file or data_config.dataset_name}: not enough "
+                         "training text for one batch")
+    return max(1, math.ceil(training_args.num_train_epochs * batches))
+
+
+def summarize(window):
+    """Host values of a list of per-step replicated TrainMetrics, merged, plus each step's loss."""
+    host = [checkpoints.to_host(m) for m in window]
+    losses = [float(m.loss.compute()) for m in host]
+    merged = functools.reduce(lambda a, b: a.merge(b), host)
+    return {k: float(v) for k, v in merged.compute().items()}, losses
+
+
+def evaluate(p_eval_step, params, eval_data, num_batches, monitor):
+    """Eval metrics over the whole fixed validation set, and the most-frequent-token accuracy."""
+    metrics = None
+    label_counts = np.zeros(0, np.int64)
+
+    def host_batches():
+        nonlocal label_counts
+        for batch in eval_data:
+            batch = jax.tree.map(lambda t: t.numpy(), batch)
+            weights = batch["masked_weights"].ravel() > 0
+            counts = np.bincount(batch["masked_ids"].ravel()[weights])
+            if counts.size > label_counts.size:
+                counts[:label_counts.size] += label_counts
+                label_counts = counts
+            else:
+                label_counts[:counts.size] += counts
+            yield batch
+
+    with monitor.eval_bar(num_batches) as bar:
+        for i, batch in enumerate(jax_utils.prefetch_to_device(host_batches(), 2)):
+            batch_metrics = p_eval_step(params, batch)
+            metrics = batch_metrics if metrics is None else metrics.merge(batch_metrics)
+            bar.update(i + 1)
+    if metrics is None:
+        raise InputError("the validation set is empty")
+    results = {k: float(v) for k, v in checkpoints.to_host(metrics).compute().items()}
+    baseline = label_counts.max() / max(label_counts.sum(), 1) if label_counts.size else 0.0
+    return results, float(baseline)
+
+
+def train_and_evaluate(model_args, data_args, training_args):
+    """Trains (resuming from output_dir), evaluates, checkpoints and exports; returns eval metrics."""
+    tf.config.set_visible_devices([], "GPU")  # tf.data feeds the host; the accelerators are JAX's
+    initialize_distributed(training_args)
+    monitoring.configure_console_logging()
+    do_train = training_args.do_train or not training_args.do_eval
+    do_eval = training_args.do_eval or not training_args.do_train
+    is_chief = jax.process_index() == 0
+    output_dir = training_args.output_dir
+    hparams = args_lib.hparams(model_args, data_args, training_args)
+    resume = checkpoints.prepare_output_dir(
+        output_dir, overwrite=training_args.overwrite_output_dir, run_args=hparams)
+
+    # Tokenizer and model.
+    tokenizer_name = model_args.tokenizer_name or model_args.model_name_or_path
+    if not tokenizer_name:
+        raise ValueError("tokenizer_name is required when training from scratch "
+                         "(no model_name_or_path)")
+    tokenizer = inputs.load_tokenizer(tokenizer_name)
+    module, params = create_model(model_args, data_args, tokenizer, training_args.seed)
+
+    # Data.
+    data_config = args_lib.data_config(data_args, training_args)
+    accumulation = training_args.gradient_accumulation_steps
+    train_batch = training_args.per_device_train_batch_size * accumulation
+    host = dict(local_device_count=jax.local_device_count(),
+                process_index=jax.process_index(), process_count=jax.process_count())
+    total_steps = count_train_steps(data_config, tokenizer, training_args, train_batch)
+    train_data = checkpoints.DataIterator(inputs.train_dataset(
+        data_config, tokenizer, per_device_batch_size=train_batch, **host))
+    if do_eval:
+        eval_batch = training_args.per_device_eval_batch_size
+        num_eval_batches = cluster_max(inputs.count_eval_batches(
+            data_config, tokenizer, per_device_batch_size=eval_batch, **host))
+        eval_data = inputs.eval_dataset(data_config, tokenizer, per_device_batch_size=eval_batch,
+                                        num_batches=num_eval_batches, **host)
+
+    # Optimizer, state, and the pmapped steps.
+    learning_rate_fn = schedules.schedule_from_args(training_args, total_steps)
+    tx = optimizers.create_optimizer(training_args, learning_rate_fn)
+    state = step_lib.create_train_state(params, tx, jax.random.PRNGKey(training_args.seed))
+    options = step_lib.StepOptions.from_args(training_args)
+    p_train_step = step_lib.make_p_train_step(module.apply, tx, learning_rate_fn, options)
+    p_eval_step = step_lib.make_p_eval_step(module.apply, options)
+
+    # Restore.
+    ckpt = checkpoints.Checkpoints(output_dir, save_total_limit=training_args.save_total_limit)
+    start_step = 0
+    if resume and ckpt.latest_step is not None:
+        start_step = ckpt.latest_step
+        state = ckpt.restore(state, train_data, start_step)
+        print(f"Resuming from the checkpoint of step {start_step} in {ckpt.directory}", flush=True)
+    state = jax_utils.replicate(state)
+    del params
+
+    logdir = os.path.join(output_dir, checkpoints.LOG_DIR)
+    tokens_per_step = train_batch * jax.device_count() * data_args.max_seq_length
+    monitor = monitoring.Monitor(
+        logdir, total_steps=total_steps, start_step=start_step,
+        logging_steps=training_args.logging_steps, tokens_per_step=tokens_per_step,
+        hparams=hparams, profile_steps=training_args.profile_steps)
+    stop = checkpoints.StopRequest()
+    eval_results, baseline = {}, None
+
+    def run_eval(at_step):
+        nonlocal eval_results, baseline
+        with monitor.timed("eval"):
+            eval_results, baseline = evaluate(p_eval_step, state.params, eval_data,
+                                              num_eval_batches, monitor)
+        monitor.write_eval(at_step, eval_results)
+        if is_chief:
+            print(f"eval at step {at_step}: loss {eval_results['loss']:.4f}, accuracy "
+                  f"{eval_results['accuracy']:.4f} (most frequent token: {baseline:.4f}), "
+                  f"perplexity {eval_results['perplexity']:.2f}", flush=True)
+
+    # The loop.
+    step = start_step
+    window = []  # this logging window's per-step metrics, still on device
+    device_batches = train_data.to_device(2)
+    if do_train and start_step < total_steps:
+        print(f"Training {total_steps - start_step} steps of {tokens_per_step} tokens on "
+              f"{jax.device_count()} devices", flush=True)
+    try:
+        while do_train and step < total_steps:
+            with jax.profiler.StepTraceAnnotation("train", step_num=step):
+                state, metrics = p_train_step(state, next(device_batches))
+            window.append(metrics)
+            step += 1
+            monitor.step_done(step)
+            stopping = stop.requested()
+            saving = step % training_args.save_steps == 0 or step == total_steps or stopping
+            if window and (step % training_args.logging_steps == 0 or saving):
+                summary, losses = summarize(window)
+                bad = [i for i, loss in enumerate(losses) if not math.isfinite(loss)]
+                if bad and not training_args.skip_nonfinite_updates:
+                    raise TrainingDiverged(
+                        f"the training loss is {losses[bad[0]]} at step "
+                        f"{step - len(losses) + bad[0] + 1}; stopped, keeping "
+                        f"{_checkpoint_text(ckpt)}")
+                window = []
+                monitor.write_train(step, summary)
+            if do_eval and (step % training_args.eval_steps == 0 and step < total_steps):
+                run_eval(step)
+            if saving:
+                with monitor.timed("checkpoint"):
+                    ckpt.save(step, state, train_data, wait=stopping)
+            if stopping:
+                raise checkpoints.Stopped(
+                    stop.exit_code(), f"stopped by {stop.name} after step {step}; saved "
+                    f"{_checkpoint_text(ckpt)}. Rerun the same command to resume.")
+        if do_eval:
+            run_eval(step)
+    finally:
+        stop.uninstall()
+        monitor.close()
+        ckpt.close()
+
+    # The end: export.
+    if do_eval:
+        eval_results = {f"eval_{k}": v for k, v in eval_results.items()}
+        eval_results.update(perplexity=eval_results.pop("eval_perplexity"), step=step,
+                            most_frequent_token_accuracy=baseline)
+    final_params = checkpoints.to_host(state.params)
+    if is_chief:
+        if eval_results:
+            with open(os.path.join(output_dir, "eval_results.json"), "w") as f:
+                json.dump(eval_results, f, indent=2)
+        if do_train:
+            model.save_pretrained(output_dir, module, final_params)
+            tokenizer.save_pretrained(output_dir)
+            print(f"Exported the model and tokenizer (Hugging Face format) to {output_dir}")
+        print(f"TensorBoard logs: {logdir}\n  open them with: tensorboard --logdir {logdir}")
+        samples = getattr(training_args, "fill_mask_samples", 0)
+        if samples:
+            show_fill_mask(module, final_params, tokenizer, data_config, samples)
+    return eval_results
+
+
+def _checkpoint_text(ckpt):
+    step = ckpt.latest_step
+    return "no checkpoint yet" if step is None else f"the checkpoint of step {step}"
+
+
+def held_out_sentences(data_config, count, min_words=8, max_words=30):
+    """The first `count` validation lines of a readable length (validation is never trained on)."""
+    chosen = []
+    for batch in sources.line_batches(data_config, "validation"):
+        for line in batch["text"].numpy():
+            text = line.decode("utf-8", "replace").strip()
+            if min_words <= len(text.split()) <= max_words:
+                chosen.append(text)
+                if len(chosen) == count:
+                    return chosen
+    return chosen
+
+
+def show_fill_mask(module, params, tokenizer, data_config, count, top_k=3):
+    """Prints the model's guesses for one hidden word in each of a few held-out sentences."""
+    print("Fill-mask predictions on held-out sentences:")
+    for text in held_out_sentences(data_config, count):
+        encoded = tokenizer(text, truncation=True, max_length=data_config.max_seq_length)
+        ids = np.array(encoded["input_ids"])
+        words = [i for i in range(1, len(ids) - 1)
+                 if tokenizer.convert_ids_to_tokens(int(ids[i])).isalpha()
+                 and not tokenizer.convert_ids_to_tokens(int(ids[i + 1])).startswith("##")]
+        if not words:
+            continue
+        position = words[len(words) // 2]
+        answer = tokenizer.convert_ids_to_tokens(int(ids[position]))
+        ids[position] = tokenizer.mask_token_id
+        logits = module.apply({"params": params}, ids[None], np.ones_like(ids)[None],
+                              masked_positions=np.array([[position]]))
+        guesses = tokenizer.convert_ids_to_tokens(
+            np.argsort(-np.asarray(logits[0, 0]))[:top_k].tolist())
+        print(f"  {tokenizer.decode(ids[1:-1])}\n    answer: {answer}; "
+              f"model: {', '.join(guesses)}")
+
+
+def main(argv=None):
+    model_args, data_args, training_args = args_lib.parse_args(argv)
+    try:
+        train_and_evaluate(model_args, data_args, training_args)
+    except (ValueError, TrainingDiverged) as error:  # InputError and our errors included
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
+    except checkpoints.Stopped as stopped:
+        print(stopped.message, file=sys.stderr)
+        sys.exit(stopped.exit_code)
+
+
+if __name__ == "__main__":
+    main()

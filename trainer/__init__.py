@@ -1,0 +1,1 @@
+"""Training pieces behind train.py: arguments, schedules, optimizers, metrics and the step."""

@@ -1,0 +1,343 @@
+"""Command-line arguments: run_mlm_flax.py's three dataclasses, plus what this trainer adds.
+
+Field names and defaults follow Hugging Face's run_mlm_flax.py so that its
+commands and JSON files keep working; flags it accepts that mean nothing here
+are still accepted and named in one warning line. Where run_mlm_flax.py would
+crash on a missing value (max_seq_length, eval_steps) we pick a default.
+"""
+
+import dataclasses
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Optional
+
+from transformers import HfArgumentParser
+
+from pipeline.config import DataConfig
+
+logger = logging.getLogger(__name__)
+
+OPTIMIZERS = ("adamw", "lamb", "adafactor")
+DTYPES = ("float32", "float16", "bfloat16")
+WORD_SEGMENTERS = ("jieba",)
+
+# Accepted for compatibility with run_mlm_flax.py (and its Hub plumbing) but without effect:
+# no Hub uploads, no datasets cache (the pipeline streams), always a fast tokenizer.
+IGNORED_FIELDS = (
+    "cache_dir", "use_fast_tokenizer", "token", "use_auth_token", "trust_remote_code",
+    "overwrite_cache", "preprocessing_num_workers",
+    "push_to_hub", "hub_model_id", "hub_token", "gradient_checkpointing",
+)
+
+
+@dataclass
+class ModelArguments:
+    """Which model, config and tokenizer to start from (or to build from scratch)."""
+
+    model_name_or_path: Optional[str] = field(
+        default=None,
+        metadata={"help": "A Hugging Face checkpoint directory to start from; unset to train "
+                          "from scratch."})
+    model_type: Optional[str] = field(
+        default=None, metadata={"help": "From scratch: 'bert' or 'roberta'."})
+    config_name: Optional[str] = field(
+        default=None, metadata={"help": "A config.json (or its directory), if not the model's."})
+    tokenizer_name: Optional[str] = field(
+        default=None, metadata={"help": "A tokenizer directory, if not the model's."})
+    cache_dir: Optional[str] = field(default=None, metadata={"help": "Ignored here."})
+    use_fast_tokenizer: bool = field(
+        default=True, metadata={"help": "Ignored here: the fast tokenizer is always used."})
+    dtype: str = field(
+        default="float32",
+        metadata={"help": "Compute dtype of the model: float32, float16 or bfloat16."})
+    config_overrides: Optional[str] = field(
+        default=None,
+        metadata={"help": "Override config values, e.g. 'hidden_size=256,num_hidden_layers=4'."})
+    token: Optional[str] = field(default=None, metadata={"help": "Ignored here (Hub token)."})
+    use_auth_token: Optional[bool] = field(default=None, metadata={"help": "Ignored here."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Ignored here."})
+
+    def __post_init__(self):
+        _check_choice("dtype", self.dtype, DTYPES)
+
+
+@dataclass
+class DataTrainingArguments:
+    """What data to read, and how to tokenize, pack and mask it."""
+
+    dataset_name: Optional[str] = field(
+        default=None,
+        metadata={"help": "'tfds:NAME[/CONFIG]', a saved Hugging Face dataset or a Hub name."})
+    dataset_config_name: Optional[str] = field(
+        default=None, metadata={"help": "The Hugging Face dataset's configuration."})
+    train_file: Optional[str] = field(
+        default=None,
+        metadata={"help": "Training text: path, comma list or glob; local or gs://; "
+                          ".txt, .json(l), .csv, .tfrecord, .gz."})
+    validation_file: Optional[str] = field(
+        default=None, metadata={"help": "Validation text (same forms as train_file)."})
+    train_ref_file: Optional[str] = field(
+        default=None, metadata={"help": "Chinese whole-word reference file for train_file."})
+    validation_ref_file: Optional[str] = field(
+        default=None, metadata={"help": "Chinese whole-word reference file for validation_file."})
+    overwrite_cache: bool = field(default=False, metadata={"help": "Ignored here (no cache)."})
+    validation_split_percentage: int = field(
+        default=5,
+        metadata={"help": "Percent of the training lines held out for validation when no "
+                          "validation source is given."})
+    max_seq_length: int = field(
+        default=128,
+        metadata={"help": "Tokens per example; every batch is padded to it (static shapes)."})
+    preprocessing_num_workers: Optional[int] = field(
+        default=None, metadata={"help": "Ignored here (tf.data tunes its own parallelism)."})
+    mlm_probability: float = field(
+        default=0.15, metadata={"help": "Fraction of tokens to predict."})
+    pad_to_max_length: bool = field(
+        default=False,
+        metadata={"help": "Accepted for compatibility: batches are always padded to "
+                          "max_seq_length."})
+    line_by_line: bool = field(
+        default=False,
+        metadata={"help": "One example per line (truncated and padded) instead of packing."})
+    whole_word_masking: bool = field(
+        default=False, metadata={"help": "Mask whole words rather than single word pieces."})
+    max_predictions_per_seq: int = field(
+        default=20, metadata={"help": "At most this many predicted tokens per example."})
+    mask_replace_prob: float = field(
+        default=0.8, metadata={"help": "Of the predicted tokens, the fraction set to [MASK]."})
+    random_replace_prob: float = field(
+        default=0.1,
+        metadata={"help": "Of the predicted tokens, the fraction set to a random token."})
+    shuffle_buffer_size: int = field(
+        default=10_000, metadata={"help": "Examples in the training shuffle buffer."})
+    text_column: str = field(
+        default="text", metadata={"help": "Column holding the text in json/csv/dataset sources."})
+    chinese_word_segmentation: Optional[str] = field(
+        default=None,
+        metadata={"help": "'jieba': segment Chinese on the fly for whole-word masking "
+                          "(instead of ref files)."})
+    max_eval_samples: Optional[int] = field(
+        default=None, metadata={"help": "Evaluate on at most this many examples."})
+
+    def __post_init__(self):
+        _check_positive("max_seq_length", self.max_seq_length)
+        _check_positive("max_predictions_per_seq", self.max_predictions_per_seq)
+        _check_positive("shuffle_buffer_size", self.shuffle_buffer_size)
+        if self.max_eval_samples is not None:
+            _check_positive("max_eval_samples", self.max_eval_samples)
+        for name in ("mlm_probability", "mask_replace_prob", "random_replace_prob"):
+            _check_fraction(name, getattr(self, name))
+        if self.mask_replace_prob + self.random_replace_prob > 1:
+            raise ValueError(
+                f"mask_replace_prob + random_replace_prob must be <= 1, got "
+                f"{self.mask_replace_prob} + {self.random_replace_prob}")
+        if not 0 <= self.validation_split_percentage < 100:
+            raise ValueError(f"validation_split_percentage must be in [0, 100), got "
+                             f"{self.validation_split_percentage}")
+        if self.chinese_word_segmentation is not None:
+            _check_choice("chinese_word_segmentation", self.chinese_word_segmentation,
+                          WORD_SEGMENTERS)
+
+
+@dataclass
+class TrainingArguments:
+    """How to train: run_mlm_flax.py's TrainingArguments plus optimizer, step and cluster settings."""
+
+    output_dir: str = field(
+        metadata={"help": "Where checkpoints, logs and the exported model go."})
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Start afresh in an output_dir that holds something other than "
+                          "our checkpoints."})
+    do_train: bool = field(default=False, metadata={"help": "Train."})
+    do_eval: bool = field(default=False, metadata={"help": "Evaluate on the validation set."})
+    per_device_train_batch_size: int = field(
+        default=8, metadata={"help": "Examples per device per optimizer step (before "
+                                     "gradient accumulation multiplies it)."})
+    per_device_eval_batch_size: int = field(default=8, metadata={"help": "Examples per device."})
+    learning_rate: float = field(default=5e-5, metadata={"help": "Peak learning rate."})
+    weight_decay: float = field(
+        default=0.0,
+        metadata={"help": "Decoupled weight decay (not on biases and normalisation "
+                          "parameters)."})
+    adam_beta1: float = field(default=0.9, metadata={"help": "Adam/LAMB beta1."})
+    adam_beta2: float = field(default=0.999, metadata={"help": "Adam/LAMB beta2."})
+    adam_epsilon: float = field(default=1e-8, metadata={"help": "Adam/LAMB epsilon."})
+    adafactor: bool = field(default=False, metadata={"help": "Same as --optimizer adafactor."})
+    num_train_epochs: float = field(
+        default=3.0, metadata={"help": "Epochs to train when max_steps is not set."})
+    warmup_steps: int = field(default=0, metadata={"help": "Linear warmup steps."})
+    logging_steps: int = field(default=500, metadata={"help": "Log training metrics every N steps."})
+    save_steps: int = field(default=500, metadata={"help": "Save a checkpoint every N steps."})
+    eval_steps: Optional[int] = field(
+        default=None, metadata={"help": "Evaluate every N steps (default: logging_steps)."})
+    seed: int = field(default=42, metadata={"help": "Seed for initialisation, data and dropout."})
+    push_to_hub: bool = field(default=False, metadata={"help": "Ignored here."})
+    hub_model_id: Optional[str] = field(default=None, metadata={"help": "Ignored here."})
+    hub_token: Optional[str] = field(default=None, metadata={"help": "Ignored here."})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "Ignored here."})
+
+    # Ours.
+    max_steps: int = field(
+        default=-1,
+        metadata={"help": "Optimizer steps to train; when <= 0, num_train_epochs decides."})
+    lr_schedule: str = field(
+        default="constant * linear_warmup * linear_decay",
+        metadata={"help": "Product of factors: constant, linear_warmup, rsqrt_decay, "
+                          "rsqrt_normalized_decay, decay_every, cosine_decay, linear_decay."})
+    lr_decay_factor: float = field(
+        default=0.5, metadata={"help": "decay_every: multiply by this every lr_steps_per_decay."})
+    lr_steps_per_decay: int = field(
+        default=20_000, metadata={"help": "decay_every: steps between decays."})
+    optimizer: Optional[str] = field(
+        default=None,
+        metadata={"help": "adamw, lamb or adafactor (default adamw, or adafactor with "
+                          "--adafactor)."})
+    max_grad_norm: float = field(
+        default=1.0, metadata={"help": "Clip gradients to this global norm; 0 disables."})
+    gradient_accumulation_steps: int = field(
+        default=1,
+        metadata={"help": "Micro-batches per optimizer step, summed exactly as one big batch."})
+    label_smoothing: float = field(default=0.0, metadata={"help": "Label smoothing of the loss."})
+    full_mlm_head: bool = field(
+        default=False,
+        metadata={"help": "Compute the MLM head at every position and take the loss from "
+                          "'labels' (slower; by default only masked positions are computed)."})
+    skip_nonfinite_updates: bool = field(
+        default=False,
+        metadata={"help": "Skip (and count) updates whose loss or gradients are not finite."})
+    save_total_limit: Optional[int] = field(
+        default=None, metadata={"help": "Keep at most this many checkpoints (default: all)."})
+    profile_steps: int = field(
+        default=0, metadata={"help": "Profile this many steps (TensorBoard trace); 0: off."})
+    coordinator_address: Optional[str] = field(
+        default=None, metadata={"help": "Multi-host: the coordinator's host:port."})
+    num_processes: Optional[int] = field(
+        default=None, metadata={"help": "Multi-host: number of processes."})
+    process_id: Optional[int] = field(
+        default=None, metadata={"help": "Multi-host: this process's index."})
+
+    def __post_init__(self):
+        self.output_dir = os.path.expanduser(self.output_dir)
+        if self.eval_steps is None:
+            self.eval_steps = self.logging_steps
+        if self.optimizer is None:
+            self.optimizer = "adafactor" if self.adafactor else "adamw"
+        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        if self.adafactor and self.optimizer != "adafactor":
+            raise ValueError(f"--adafactor contradicts --optimizer {self.optimizer}")
+        for name in ("per_device_train_batch_size", "per_device_eval_batch_size",
+                     "logging_steps", "save_steps", "eval_steps", "gradient_accumulation_steps",
+                     "lr_steps_per_decay"):
+            _check_positive(name, getattr(self, name))
+        if self.save_total_limit is not None:
+            _check_positive("save_total_limit", self.save_total_limit)
+        for name in ("warmup_steps", "max_grad_norm", "weight_decay", "profile_steps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.learning_rate <= 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+
+
+ARGUMENT_CLASSES = (ModelArguments, DataTrainingArguments, TrainingArguments)
+
+
+class _Parser(HfArgumentParser):
+    """HfArgumentParser whose errors are one line, not the 60-line usage text."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _check_choice(name, value, choices):
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def _check_positive(name, value):
+    if value <= 0:
+        raise ValueError(f"{name} must be > 0, got {value}")
+
+
+def _check_fraction(name, value):
+    if not 0 <= value <= 1:
+        raise ValueError(f"{name} must be in [0, 1], got {value}")
+
+
+def _json_to_flags(path, parser):
+    """A JSON config as command-line flags, so both forms get the same type checks."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            values = json.load(f)
+    except OSError as e:
+        parser.error(f"cannot read {path}: {e.strerror}")
+    except json.JSONDecodeError as e:
+        parser.error(f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}")
+    if not isinstance(values, dict):
+        parser.error(f"{path}: expected a JSON object of argument names and values")
+    known = {f.name for cls in ARGUMENT_CLASSES for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        parser.error(f"{path}: unknown arguments: {', '.join(unknown)}")
+    flags = []
+    for name, value in values.items():
+        if value is None:  # JSON null: keep the default.
+            continue
+        if isinstance(value, (dict, list)):
+            parser.error(f"{path}: {name} must be a single value, got {json.dumps(value)}")
+        flags += [f"--{name}", str(value)]
+    return flags
+
+
+def parse_args(argv=None):
+    """Parses flags, or a single .json file, into (model_args, data_args, training_args).
+
+    Any error (unknown flag, bad value, unreadable JSON) exits with a one-line
+    usage error that names it, as argparse does.
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = _Parser(ARGUMENT_CLASSES)
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        argv = _json_to_flags(argv[0], parser)
+    namespace, unknown = parser.parse_known_args(argv)
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    try:
+        parsed = tuple(
+            cls(**{f.name: getattr(namespace, f.name)
+                   for f in dataclasses.fields(cls) if f.init})
+            for cls in ARGUMENT_CLASSES)
+    except ValueError as e:
+        parser.error(str(e))
+    ignored = ignored_settings(*parsed)
+    if ignored:
+        logger.warning("These settings have no effect in this trainer: %s", ", ".join(ignored))
+    return parsed
+
+
+def ignored_settings(*arguments):
+    """Names of the compatibility-only fields that are set to something other than default."""
+    return [f.name for args in arguments for f in dataclasses.fields(args)
+            if f.name in IGNORED_FIELDS and getattr(args, f.name) != f.default]
+
+
+def data_config(data_args, training_args):
+    """The pipeline's settings, taken from the data arguments and the run seed."""
+    values = {f.name: getattr(data_args, f.name)
+              for f in dataclasses.fields(DataConfig) if f.name != "seed"}
+    return DataConfig(seed=training_args.seed, **values)
+
+
+def hparams(*arguments):
+    """All arguments as one flat dict for logging, with secrets (tokens) hidden."""
+    flat = {}
+    for args in arguments:
+        for name, value in dataclasses.asdict(args).items():
+            secret = name == "token" or name.endswith("_token")
+            flat[name] = "<hidden>" if secret and value is not None else value
+    return flat

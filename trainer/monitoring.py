@@ -1,0 +1,195 @@
+"""What a person watching the run sees: TensorBoard scalars, console lines, a progress bar.
+
+Nothing here reads a device value: the loop hands over metrics it already
+fetched at logging steps, so the train step never waits for the console.
+"""
+
+import contextlib
+import logging as py_logging
+import math
+import sys
+import time
+from typing import Mapping, Optional
+
+from absl import logging
+from clu import metric_writers, periodic_actions
+import jax
+
+# The library module whose INFO lines are the run's console output (CLU's metric
+# lines); the rest (Orbax, TensorFlow, JAX) only reach the console from WARNING up.
+_CONSOLE_INFO_MODULES = ("logging_writer",)
+
+
+def configure_console_logging():
+    """INFO lines from CLU's metric writer; warnings from everyone."""
+    logging.set_verbosity(logging.INFO)
+
+    def keep(record: py_logging.LogRecord) -> bool:
+        return record.levelno >= py_logging.WARNING or record.module in _CONSOLE_INFO_MODULES
+
+    logger = py_logging.getLogger("absl")  # every absl.logging call goes through it
+    if not any(getattr(f, "_mlm_console", False) for f in logger.filters):
+        keep._mlm_console = True  # pylint: disable=protected-access
+        logger.addFilter(keep)
+
+
+def format_duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+class ProgressBar:
+    """A one-line progress display: `label step/total [bar] pct | fields | rate | ETA`.
+
+    On a terminal it redraws in place (at most a few times a second); in a log
+    file it writes a line only when asked (`force`), so logs stay readable. The
+    rate is measured from the first update, which excludes compilation.
+    """
+
+    WIDTH = 24
+
+    def __init__(self, label: str, total: int, *, start: int = 0, unit: str = "steps",
+                 stream=None, enabled: bool = True):
+        self.label, self.total, self.unit = label, total, unit
+        self.stream = stream or sys.stderr
+        self.enabled = enabled
+        self.interactive = enabled and self.stream.isatty()
+        self.fields: dict = {}
+        self._start = start
+        self._t0: Optional[float] = None
+        self._last_draw = 0.0
+        self._position = start
+
+    def rate(self) -> float:
+        if self._t0 is None or self._position <= self._start:
+            return float("nan")
+        return (self._position - self._start) / max(time.monotonic() - self._t0, 1e-9)
+
+    def update(self, position: int, *, force: bool = False, **fields):
+        """Moves to `position`; `fields` (e.g. loss=2.3) are shown until replaced."""
+        if self._t0 is None:
+            self._t0, self._start = time.monotonic(), position
+        self._position = position
+        self.fields.update(fields)
+        now = time.monotonic()
+        if not self.enabled or not (force or self.interactive and now - self._last_draw > 0.2):
+            return
+        self._last_draw = now
+        line = self.render()
+        if self.interactive:
+            self.stream.write("\r" + line + "\x1b[K")
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def render(self) -> str:
+        done = min(self._position / self.total, 1.0) if self.total else 1.0
+        filled = int(done * self.WIDTH)
+        parts = [f"{self.label} {self._position}/{self.total} "
+                 f"[{'#' * filled}{'.' * (self.WIDTH - filled)}] {100 * done:3.0f}%"]
+        parts += [f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                  for k, v in self.fields.items()]
+        rate = self.rate()
+        if math.isfinite(rate):
+            parts.append(f"{rate:.2f} {self.unit}/s")
+            parts.append(f"ETA {format_duration((self.total - self._position) / rate)}")
+        return " | ".join(parts)
+
+    def clear(self):
+        """Blanks the line on a terminal so that a log line can be written over it."""
+        if self.interactive:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+
+    def close(self):
+        """Ends the line on a terminal, so what follows starts on a fresh one."""
+        if self.interactive:
+            self.update(self._position, force=True)
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+class Monitor:
+    """TensorBoard + console writer, progress report, optional profile, and the train bar.
+
+    Only process 0 writes TensorBoard files and draws bars; the others log
+    their metrics lines, as CLU's `just_logging` intends. The writer is
+    synchronous: it runs only at logging steps, and its console line must not
+    land in the middle of the redrawn bar.
+    """
+
+    def __init__(self, logdir: str, *, total_steps: int, start_step: int, logging_steps: int,
+                 tokens_per_step: int, hparams: Optional[Mapping] = None, profile_steps: int = 0):
+        self.logdir = logdir
+        self.is_chief = jax.process_index() == 0
+        self.writer = metric_writers.create_default_writer(
+            logdir, just_logging=not self.is_chief, asynchronous=False)
+        if hparams is not None and start_step == 0:
+            self.writer.write_hparams({k: _hparam_value(v) for k, v in hparams.items()})
+        self.tokens_per_step = tokens_per_step
+        self.total_steps = total_steps
+        self.report = periodic_actions.ReportProgress(
+            num_train_steps=total_steps, writer=self.writer, every_steps=logging_steps,
+            every_secs=None)
+        self.hooks = [self.report]
+        if profile_steps:
+            self.hooks.append(periodic_actions.Profile(
+                logdir=logdir, num_profile_steps=profile_steps,
+                first_profile=start_step + min(10, max(total_steps - start_step - profile_steps,
+                                                       1)),
+                every_secs=None))
+        self.bar = ProgressBar("train", total_steps, start=start_step, enabled=self.is_chief)
+        self._mark = (start_step, time.monotonic())
+
+    def step_done(self, step: int):
+        """Called after every step is dispatched: cheap, reads no device value."""
+        for hook in self.hooks:
+            hook(step)
+        self.bar.update(step)
+
+    def write_train(self, step: int, metrics: Mapping[str, float]):
+        """Writes train/<name> scalars plus throughput since the previous call."""
+        scalars = {f"train/{k}": float(v) for k, v in metrics.items()}
+        last_step, last_time = self._mark
+        now = time.monotonic()
+        if step > last_step:
+            scalars["train/tokens_per_sec"] = (
+                (step - last_step) * self.tokens_per_step / max(now - last_time, 1e-9))
+        self._mark = (step, now)
+        self.bar.clear()
+        self.writer.write_scalars(step, scalars)
+        self.bar.update(step, force=True, loss=float(metrics.get("loss", float("nan"))))
+
+    def write_eval(self, step: int, metrics: Mapping[str, float]):
+        self.bar.clear()
+        self.writer.write_scalars(step, {f"eval/{k}": float(v) for k, v in metrics.items()})
+        self.writer.flush()
+
+    def timed(self, name: str):
+        """Attributes the time of a block (eval, checkpoint) in the progress notes."""
+        return self.report.timed(name)
+
+    @contextlib.contextmanager
+    def eval_bar(self, num_batches: int):
+        bar = ProgressBar("eval", num_batches, unit="batches",
+                          enabled=self.is_chief and num_batches > 0)
+        try:
+            yield bar
+        finally:
+            bar.close()
+
+    def close(self):
+        self.bar.close()
+        self.writer.flush()
+        self.writer.close()
+
+
+def _hparam_value(value):
+    """TensorBoard hparams take numbers, strings and booleans only."""
+    return value if isinstance(value, (bool, int, float, str)) else str(value)
