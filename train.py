@@ -121,7 +121,8 @@ def evaluate(p_eval_step, params, eval_data, num_batches, monitor):
             yield batch
 
     with monitor.eval_bar(num_batches) as bar:
-        for i, batch in enumerate(jax_utils.prefetch_to_device(host_batches(), 2)):
+        for i, batch in enumerate(jax_utils.prefetch_to_device(host_batches(), 2,
+                                                                axis_name=step_lib.AXIS)):
             batch_metrics = p_eval_step(params, batch)
             metrics = batch_metrics if metrics is None else metrics.merge(batch_metrics)
             bar.update(i + 1)
@@ -133,7 +134,7 @@ def evaluate(p_eval_step, params, eval_data, num_batches, monitor):
 
 
 def train_and_evaluate(model_args, data_args, training_args):
-    """Trains (resuming from output_dir), evaluates, checkpoints and exports; returns eval metrics."""
+    """Trains (resuming from output_dir), evaluates, checkpoints, exports; returns eval results."""
     tf.config.set_visible_devices([], "GPU")  # tf.data feeds the host; the accelerators are JAX's
     initialize_distributed(training_args)
     monitoring.configure_console_logging()
@@ -184,7 +185,7 @@ def train_and_evaluate(model_args, data_args, training_args):
         start_step = ckpt.latest_step
         state = ckpt.restore(state, train_data, start_step)
         print(f"Resuming from the checkpoint of step {start_step} in {ckpt.directory}", flush=True)
-    state = jax_utils.replicate(state)
+    state = jax_utils.replicate(state, axis_name=step_lib.AXIS)  # laid out as the step's output
     del params
 
     logdir = os.path.join(output_dir, checkpoints.LOG_DIR)
@@ -210,7 +211,7 @@ def train_and_evaluate(model_args, data_args, training_args):
     # The loop.
     step = start_step
     window = []  # this logging window's per-step metrics, still on device
-    device_batches = train_data.to_device(2)
+    device_batches = train_data.to_device(2, axis_name=step_lib.AXIS)
     if do_train and start_step < total_steps:
         print(f"Training {total_steps - start_step} steps of {tokens_per_step} tokens on "
               f"{jax.device_count()} devices", flush=True)

@@ -1,4 +1,4 @@
-"""Hugging Face checkpoint import and export for the Flax MLM models.
+"""Model construction from configs, and Hugging Face checkpoint import and export.
 
 Our parameter tree mirrors the PyTorch module names, so a Flax path maps to
 a PyTorch name by joining with "." and renaming the leaf (Dense `kernel`
@@ -8,6 +8,7 @@ aliases) is normalised on the PyTorch side before matching.
 """
 
 import copy
+import functools
 import json
 import logging
 import os
@@ -15,6 +16,7 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
@@ -33,14 +35,17 @@ def build(config, dtype=jnp.float32):
     return bert.ForMaskedLM(config, dtype=dtype)
 
 
-def _init_fn(module):
-    ids = jnp.zeros((1, 2), jnp.int32)
-    return lambda rng: module.init(rng, ids, jnp.ones_like(ids))["params"]
+@functools.partial(jax.jit, static_argnums=0)
+def _init(module, rng):
+    # lazy_init skips the forward pass that init would run on a dummy batch;
+    # jit with the (hashable) module static reuses the compilation for equal models.
+    ids = jax.ShapeDtypeStruct((1, 2), jnp.int32)
+    return module.lazy_init(rng, ids, ids)["params"]
 
 
 def init_params(module, seed=0):
     """Fresh BERT-initialised float32 parameters."""
-    return jax.jit(_init_fn(module))(jax.random.key(seed))
+    return _init(module, jax.random.key(seed))
 
 
 def from_config(config_or_path, seed=0, dtype=jnp.float32):
@@ -58,7 +63,8 @@ def torch_names(params):
     return names
 
 
-def _to_torch_layout(path, array):
+def _swap_layout(path, array):
+    """Flax Dense kernels are [in, out], PyTorch Linear weights [out, in]; both ways."""
     return array.T if path[-1] == "kernel" else array
 
 
@@ -154,19 +160,9 @@ def load_params(state, expected, source):
         if state[name].shape != torch_shape:
             raise ValueError(f"{source}: tensor {name} has shape {state[name].shape}, "
                              f"the model expects {torch_shape}")
-        flat[path] = _to_torch_layout(path, state[name])
+        flat[path] = _swap_layout(path, state[name])
     unexpected = sorted(set(state) - set(expected))
     return flat, missing, unexpected
-
-
-def _unflatten(flat):
-    tree = {}
-    for path, value in flat.items():
-        node = tree
-        for key in path[:-1]:
-            node = node.setdefault(key, {})
-        node[path[-1]] = value
-    return tree
 
 
 def from_pretrained(path, dtype=jnp.float32, config_overrides=None, seed=0):
@@ -178,7 +174,7 @@ def from_pretrained(path, dtype=jnp.float32, config_overrides=None, seed=0):
     path = os.fspath(path)
     config = configuration.apply_overrides(configuration.load_config(path), config_overrides)
     module = build(config, dtype)
-    expected = torch_names(jax.eval_shape(_init_fn(module), jax.random.key(seed)))
+    expected = torch_names(jax.eval_shape(_init, module, jax.random.key(seed)))
     state = normalise_names(read_state_dict(path), config)
     flat, missing, unexpected = load_params(state, expected, path)
     if unexpected:
@@ -190,7 +186,7 @@ def from_pretrained(path, dtype=jnp.float32, config_overrides=None, seed=0):
         for name in missing:
             p, leaf = fresh[name]
             flat[p] = leaf
-    params = jax.tree.map(jnp.asarray, _unflatten(flat))
+    params = jax.tree.map(jnp.asarray, traverse_util.unflatten_dict(flat))
     return module, params
 
 
@@ -208,7 +204,7 @@ def save_pretrained(directory, module, params):
     config = copy.deepcopy(module.config)
     config.architectures = [ARCHITECTURES[config.model_type]]
     tensors = {
-        name: np.ascontiguousarray(_to_torch_layout(p, np.asarray(leaf, dtype=np.float32)))
+        name: np.ascontiguousarray(_swap_layout(p, np.asarray(leaf, dtype=np.float32)))
         for name, (p, leaf) in torch_names(jax.device_get(params)).items()}
     save_file(tensors, os.path.join(directory, "model.safetensors"), metadata={"format": "pt"})
     config.save_pretrained(directory)

@@ -92,7 +92,7 @@ def open_text(path):
 
 
 def is_blank(line):
-    """The blank-line rule of the tf.data filter: ASCII whitespace only, as tf.strings.strip."""
+    """The blank-line rule of the tf.data filter (sharding.keep_lines): ASCII whitespace only."""
     return not line.strip(" \t\n\r\f\v")
 
 

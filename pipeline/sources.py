@@ -69,6 +69,7 @@ def _file_batches(config, split, **read):
 
 def _read_files(files, fmt, column, *, process_index, process_count, shuffle,
                 seed, batch_size):
+    """This host's files, interleaved (in a fresh order each epoch when shuffling), parsed."""
     files, shard_elements = sharding.host_files(files, process_index, process_count)
     formats.check_file(files[0], fmt, column)
     columns = [0] * len(files)
@@ -76,7 +77,9 @@ def _read_files(files, fmt, column, *, process_index, process_count, shuffle,
         columns = [formats.csv_column_index(f, column) for f in files]
     compressions = [formats.compression_of(f) for f in files]
     names = tf.data.Dataset.from_tensor_slices((files, compressions, columns))
-    if shuffle:
+    if shuffle and not shard_elements:
+        # Not when hosts split the same files' batches: their file orders must agree, and
+        # a shuffle's seed also depends on TF's global seed, which hosts may set differently.
         names = names.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
 
     def read(path, compression, col):
@@ -98,6 +101,10 @@ def _read_files(files, fmt, column, *, process_index, process_count, shuffle,
 
 def _dataset_batches(config, split, **read):
     """Batches of a TFDS ("tfds:NAME[/CONFIG]") or Hugging Face dataset, and the held-out side."""
+    ref = config.validation_ref_file if split == "validation" else config.train_ref_file
+    if ref:
+        raise InputError(f"reference file {ref} applies to a single .txt file, not to "
+                         f"dataset {config.dataset_name}")
     if config.dataset_name.startswith("tfds:"):
         return _tfds_batches(config, split, **read)
     import datasets  # imported here: seconds of start-up that file sources do not need
@@ -120,6 +127,7 @@ def _pick_split(available, split, dataset):
 
 
 def _tfds_batches(config, split, *, process_index, process_count, shuffle, seed, batch_size):
+    """A prepared TFDS dataset; hosts read even sub-splits, so any file count shards exactly."""
     import tensorflow_datasets as tfds  # imported here, like datasets
 
     name = config.dataset_name[len("tfds:"):]

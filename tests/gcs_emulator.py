@@ -137,9 +137,13 @@ class ConnectProxy:
                     if not data:
                         return
                     if sock is upstream:
+                        room = len(data) if self.cut_after_bytes is None else (
+                            self.cut_after_bytes - sent_to_client)
                         sent_to_client += len(data)
-                        if (self.cut_after_bytes is not None
-                                and sent_to_client > self.cut_after_bytes and self._take_cut()):
+                        if len(data) > room and self._take_cut():
+                            # Up to the byte, then close: the client has the response
+                            # headers and part of the body (TLS records are ~4 kB).
+                            client.sendall(data[:max(room, 0)])
                             return
                         client.sendall(data)
                     else:

@@ -68,11 +68,11 @@ def test_checkpoint_of_another_model_is_a_clear_error(tmp_path):
     data = checkpoints.DataIterator(shuffled_batches())
     ckpt = checkpoints.Checkpoints(tmp_path)
     ckpt.save(1, flax.jax_utils.replicate(make_state()), data, wait=True)
-    with pytest.raises(checkpoints.CheckpointMismatchError, match=r"\['w'\] has shape \(3, 4\)"):
+    with pytest.raises(checkpoints.CheckpointMismatchError, match="params/w has shape \\(3, 4\\)"):
         ckpt.restore(make_state(shape=(3, 5)), data)
     other = {"params": {"v": np.zeros(2, np.float32)}, "step": np.int32(0),
              "rng": np.zeros(2, np.uint32)}
-    with pytest.raises(checkpoints.CheckpointMismatchError, match="has no .*'v'"):
+    with pytest.raises(checkpoints.CheckpointMismatchError, match="has no params/v"):
         ckpt.restore(other, data)
     ckpt.close()
 

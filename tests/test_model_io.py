@@ -11,6 +11,7 @@ import transformers
 from safetensors.numpy import load_file, save_file
 
 import model
+from model import configuration
 from test_model import batch, perturbed, tiny
 
 
@@ -45,11 +46,11 @@ def test_config_sources_agree(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(values))
     config = transformers.RobertaConfig(**{k: v for k, v in values.items() if k != "model_type"})
     sources = [values, tmp_path, tmp_path / "config.json", str(tmp_path), config]
-    params = [model.from_config(s, seed=7)[1] for s in sources]
-    for p in params[1:]:
-        assert_trees_equal(params[0], p)
-    module, _ = model.from_config(tmp_path)
+    loaded = [configuration.load_config(s) for s in sources]
+    assert all(c.to_dict() == loaded[0].to_dict() for c in loaded[1:])
+    module, params = model.from_config(tmp_path)
     assert module.config.model_type == "roberta" and module.config.hidden_size == 32
+    assert params["roberta"]["embeddings"]["word_embeddings"]["embedding"].shape == (99, 32)
 
 
 @pytest.mark.parametrize("values, message", [

@@ -1,4 +1,4 @@
-"""Monitoring: TensorBoard scalars read back with TensorBoard's reader, progress bar, console filter."""
+"""Monitoring: TensorBoard scalars (read back with TensorBoard's reader), progress bar, console."""
 
 import io
 import logging as py_logging

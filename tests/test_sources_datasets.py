@@ -130,6 +130,8 @@ def test_hf_folder_of_data_files_streams(tmp_path):
     assert sorted(sum(hosts, [])) == sorted(kept(TRAIN))
 
 
-def test_hf_missing_dataset(tmp_path):
+def test_hf_missing_dataset_and_ref_file(tmp_path):
     with pytest.raises(InputError, match="could not be loaded"):
         line_batches(DataConfig(dataset_name=str(tmp_path / "nothing")), "train")
+    with pytest.raises(InputError, match="applies to a single .txt file"):
+        line_batches(DataConfig(dataset_name=str(tmp_path), train_ref_file="r.ref"), "train")

@@ -1,5 +1,6 @@
 """Chinese whole-word reference files (run_chinese_ref.py format) beside a text file."""
 
+import gzip
 import json
 
 import pytest
@@ -89,3 +90,13 @@ def test_ref_needs_one_text_file(tmp_path, aligned):
     config = DataConfig(train_file=str(text), train_ref_file=str(tmp_path / "none.ref"))
     with pytest.raises(InputError, match="none.ref' .* not found"):
         line_batches(config, "train")
+
+
+def test_gzipped_text_and_ref(tmp_path, aligned):
+    text, ref, expected = aligned
+    for path in (text, ref):
+        with gzip.open(f"{path}.gz", "wb") as f:
+            f.write(path.read_bytes())
+    config = DataConfig(train_file=f"{text}.gz", train_ref_file=f"{ref}.gz",
+                        validation_file=str(text))
+    assert pairs(config, read_batch_size=100) == expected

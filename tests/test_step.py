@@ -169,25 +169,23 @@ def test_gradient_accumulation_equals_one_big_batch(sgd_step, no_dropout):
 
 
 def test_no_recompilation_after_the_first_step(sgd_step):
-    """Counts XLA compilations: none once the first step has compiled."""
+    """Counts XLA compilations: none once the first step has run."""
     module, tx, state, p_train_step = sgd_step
-    fresh = steps.make_p_train_step(module.apply, tx, constant(1.0))
     batches = [make_batch(seed, per_device=2) for seed in range(4)]
+    state, _ = p_train_step(steps.replicate(state), batches[0])
     compiled, listener = count_compilations()
     try:
-        state = steps.replicate(state)
-        state, _ = fresh(state, batches[0])
-        jax.block_until_ready(state)
-        after_first = len(compiled)
+        jax.jit(lambda x: x * 3 + 1)(np.arange(3.0)).block_until_ready()
+        assert len(compiled) == 1  # the counter does see a compilation
         for batch in batches[1:]:
-            state, metrics = fresh(state, batch)
+            state, metrics = p_train_step(state, batch)
         jax.block_until_ready((state, metrics))
     finally:
         jax.monitoring.unregister_event_duration_listener(listener)
-    assert after_first >= 1  # the counter does see compilations
-    assert compiled[after_first:] == []
+    assert compiled[1:] == []
 
 
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # NaN loss
 def test_nonfinite_update_is_counted_and_skipped_when_asked(sgd_step):
     module, tx, state, p_train_step = sgd_step
     bad = make_batch(2, per_device=2)
@@ -209,6 +207,7 @@ def test_nonfinite_update_is_counted_and_skipped_when_asked(sgd_step):
                            state.params["cls"]["predictions"]["bias"])
 
 
+@pytest.mark.slow  # two compilations with dropout: about 20 s on 2 busy cores
 def test_pmap_and_shard_map_give_the_same_step_with_dropout():
     """The same per-device function under pmap and jit(shard_map), real optimizer, dropout on."""
     module, params = tiny_model(0.1)

@@ -49,6 +49,16 @@ def config(corpus_file, tokenizer_dir):
     }
 
 
+@pytest.fixture(scope="module", autouse=True)
+def compilation_cache(tmp_path_factory):
+    """Runs after the first reuse its compiled steps: the reruns test resuming, not XLA."""
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path_factory.mktemp("jax_cache"))
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    yield
+    for name in ("JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"):
+        del os.environ[name]
+
+
 def write_config(path, config, output_dir):
     path.write_text(json.dumps(dict(config, output_dir=str(output_dir))))
     return str(path)

@@ -17,6 +17,7 @@ from typing import Optional
 from transformers import HfArgumentParser
 
 from pipeline.config import DataConfig
+from trainer.schedules import create_learning_rate_schedule
 
 logger = logging.getLogger(__name__)
 
@@ -144,7 +145,7 @@ class DataTrainingArguments:
 
 @dataclass
 class TrainingArguments:
-    """How to train: run_mlm_flax.py's TrainingArguments plus optimizer, step and cluster settings."""
+    """How to train: run_mlm_flax.py's TrainingArguments plus optimizer, step and cluster."""
 
     output_dir: str = field(
         metadata={"help": "Where checkpoints, logs and the exported model go."})
@@ -170,7 +171,8 @@ class TrainingArguments:
     num_train_epochs: float = field(
         default=3.0, metadata={"help": "Epochs to train when max_steps is not set."})
     warmup_steps: int = field(default=0, metadata={"help": "Linear warmup steps."})
-    logging_steps: int = field(default=500, metadata={"help": "Log training metrics every N steps."})
+    logging_steps: int = field(
+        default=500, metadata={"help": "Log training metrics every N steps."})
     save_steps: int = field(default=500, metadata={"help": "Save a checkpoint every N steps."})
     eval_steps: Optional[int] = field(
         default=None, metadata={"help": "Evaluate every N steps (default: logging_steps)."})
@@ -240,6 +242,9 @@ class TrainingArguments:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        # Fail on a misspelt factor now, not after the data and model have loaded.
+        create_learning_rate_schedule(self.lr_schedule, base_learning_rate=self.learning_rate,
+                                      warmup_steps=self.warmup_steps, total_steps=1)
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
 
@@ -301,7 +306,8 @@ def parse_args(argv=None):
     usage error that names it, as argparse does.
     """
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = _Parser(ARGUMENT_CLASSES)
+    # No abbreviations: a misspelt --max_seq_len must not silently mean --max_seq_length.
+    parser = _Parser(ARGUMENT_CLASSES, allow_abbrev=False)
     if len(argv) == 1 and argv[0].endswith(".json"):
         argv = _json_to_flags(argv[0], parser)
     namespace, unknown = parser.parse_known_args(argv)

@@ -66,9 +66,13 @@ class DataIterator:
         self.pending.append(batch)
         return batch
 
-    def to_device(self, size: int = 2):
-        """Yields device batches (`prefetch_to_device`), each counted as consumed when yielded."""
-        for batch in flax.jax_utils.prefetch_to_device(self, size):
+    def to_device(self, size: int = 2, axis_name: str = "batch"):
+        """Yields device batches (`prefetch_to_device`), each counted as consumed when yielded.
+
+        `axis_name` should be the pmap axis: arrays laid out on a mesh of
+        another name make the pmapped step compile a second time.
+        """
+        for batch in flax.jax_utils.prefetch_to_device(self, size, axis_name=axis_name):
             self.pending.popleft()
             yield batch
 
@@ -204,11 +208,17 @@ class Checkpoints:
         self._manager.close()
 
 
+def _path_name(path) -> str:
+    """'params/encoder/kernel' for a key path, whether its nodes are dicts or dataclasses."""
+    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))))
+                    for k in path)
+
+
 def _check_same_shapes(template, stored, where):
     """Raises CheckpointMismatchError unless `stored` metadata has template's paths and shapes."""
-    want = {jax.tree_util.keystr(p): tuple(np.shape(x))
+    want = {_path_name(p): tuple(np.shape(x))
             for p, x in jax.tree_util.tree_leaves_with_path(template)}
-    have = {jax.tree_util.keystr(p): tuple(getattr(m, "shape", ()) or ())
+    have = {_path_name(p): tuple(getattr(m, "shape", ()) or ())
             for p, m in jax.tree_util.tree_leaves_with_path(stored)}
     for path in sorted(want.keys() | have.keys()):
         if path not in have:

@@ -119,7 +119,11 @@ def _token_sums(apply_fn, params, batch, *, full_mlm_head, label_smoothing=0.0, 
 
 def _micro_batches(batch, count):
     """[count * B, ...] -> [count, B, ...] for every array of the batch."""
-    return jax.tree.map(lambda x: x.reshape((count, x.shape[0] // count) + x.shape[1:]), batch)
+    size = batch["input_ids"].shape[0]
+    if size % count:
+        raise ValueError(f"per-device batch of {size} examples does not split into "
+                         f"gradient_accumulation_steps={count} equal micro-batches")
+    return jax.tree.map(lambda x: x.reshape((count, size // count) + x.shape[1:]), batch)
 
 
 def train_step(state, batch, *, apply_fn, tx, learning_rate_fn, options=StepOptions()):

@@ -1,0 +1,141 @@
+"""Does the training step ever wait for input? Throughput with the real pipeline vs. from memory.
+
+Prints one JSON line: tokens/s of train.py's pmapped train step fed by the
+streaming tf.data pipeline (through the same DataIterator and device
+prefetch as train.py), tokens/s of the same step fed by batches of that
+pipeline already on the device, their ratio (goal >= 0.95), the pipeline's
+own rate with no training, and the MFU of both against the float32 matmul
+rate measured in the same run (bench/model.py's analytic FLOP count; on
+several local devices, the matmul rate of one device times their number).
+The two feeds alternate in rounds so that load from other processes hits both.
+
+    python bench/train.py --config small --seconds 60
+"""
+
+import argparse
+import importlib.util
+import json
+import os
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from flax import jax_utils  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+import model  # noqa: E402
+from pipeline import corpus, inputs, vocab  # noqa: E402
+from pipeline.config import DataConfig  # noqa: E402
+from trainer import checkpoints, optimizers, schedules, step as step_lib  # noqa: E402
+from trainer.args import TrainingArguments  # noqa: E402
+
+
+def _bench_model():
+    """bench/model.py (model configs, analytic FLOPs, matmul rate), imported by path."""
+    spec = importlib.util.spec_from_file_location(
+        "bench_model", os.path.join(ROOT, "bench", "model.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+BENCH_MODEL = _bench_model()
+
+
+def run_steps(p_train_step, state, batches, seconds):
+    """Steps until `seconds` have passed; returns (state, steps, elapsed) with the work done."""
+    steps, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        state, _ = p_train_step(state, next(batches))
+        steps += 1
+    jax.block_until_ready(state)
+    return state, steps, time.perf_counter() - start
+
+
+def cycle(items):
+    while True:
+        yield from items
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", choices=sorted(BENCH_MODEL.CONFIGS), default="small")
+    parser.add_argument("--seconds", type=float, default=60,
+                        help="time for the measured rounds (setup and compilation excluded)")
+    parser.add_argument("--batch", type=int, default=8, help="examples per device")
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args(argv)
+    tf.config.set_visible_devices([], "GPU")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        text = os.path.join(tmp, "stdlib.txt")
+        corpus.write_corpus(text)
+        tokenizer = vocab.train_wordpiece([text], vocab_size=8000)
+        seq_len, predictions = BENCH_MODEL.SEQ_LEN, BENCH_MODEL.MAX_PREDICTIONS
+        data_config = DataConfig(train_file=text, max_seq_length=seq_len,
+                                 max_predictions_per_seq=predictions)
+        module, params = model.from_config(dict(
+            model_type="bert", vocab_size=len(tokenizer), max_position_embeddings=512,
+            **BENCH_MODEL.CONFIGS[args.config]))
+
+        training_args = TrainingArguments(output_dir=tmp, learning_rate=1e-4, warmup_steps=10,
+                                          weight_decay=0.01)
+        schedule = schedules.schedule_from_args(training_args, total_steps=100_000)
+        tx = optimizers.create_optimizer(training_args, schedule)
+        state = jax_utils.replicate(step_lib.create_train_state(params, tx, jax.random.PRNGKey(0)),
+                                    axis_name=step_lib.AXIS)
+        p_train_step = step_lib.make_p_train_step(module.apply, tx, schedule)
+
+        devices = jax.local_device_count()
+        data = checkpoints.DataIterator(inputs.train_dataset(
+            data_config, tokenizer, per_device_batch_size=args.batch, local_device_count=devices))
+        streamed = data.to_device(2, axis_name=step_lib.AXIS)
+        state, _, _ = run_steps(p_train_step, state, streamed, 0)  # compile
+        state, _, _ = run_steps(p_train_step, state, streamed, 2)  # warm up tf.data
+
+        in_memory = list(jax_utils.prefetch_to_device(
+            iter([next(data) for _ in range(8)]), 8, axis_name=step_lib.AXIS))
+        memory = cycle(in_memory)
+        totals = {"pipeline": [0, 0.0], "memory": [0, 0.0]}
+        share = args.seconds / (2 * args.rounds)
+        for _ in range(args.rounds):
+            for name, batches in (("pipeline", streamed), ("memory", memory)):
+                state, steps, elapsed = run_steps(p_train_step, state, batches, share)
+                totals[name][0] += steps
+                totals[name][1] += elapsed
+
+        start, fetched = time.perf_counter(), 0
+        while time.perf_counter() - start < min(5.0, args.seconds / 6):
+            next(data)
+            fetched += 1
+        pipeline_alone = fetched / (time.perf_counter() - start)
+
+    peak = BENCH_MODEL.matmul_flop_s(5) * devices
+    tokens_per_step = args.batch * devices * seq_len
+    flops_per_step = BENCH_MODEL.model_flops(module.config, args.batch * devices, gather=True)
+    rates = {name: steps / elapsed for name, (steps, elapsed) in totals.items()}
+    sig = BENCH_MODEL.sig
+    print(json.dumps({
+        "bench": "train_input_bound", "config": args.config, "seconds": args.seconds,
+        "device": jax.devices()[0].device_kind, "local_devices": devices,
+        "cpu_count": os.cpu_count(), "batch_per_device": args.batch, "seq_len": seq_len,
+        "steps": {name: steps for name, (steps, _) in totals.items()},
+        "tokens_per_s_pipeline": sig(rates["pipeline"] * tokens_per_step),
+        "tokens_per_s_memory": sig(rates["memory"] * tokens_per_step),
+        "ratio": sig(rates["pipeline"] / rates["memory"]),
+        "goal_ratio": 0.95,
+        "pipeline_alone_tokens_per_s": sig(pipeline_alone * tokens_per_step),
+        "matmul_f32_flop_s": sig(peak),
+        "mfu_pipeline": sig(rates["pipeline"] * flops_per_step / peak),
+        "mfu_memory": sig(rates["memory"] * flops_per_step / peak),
+    }))
+
+
+if __name__ == "__main__":
+    main()

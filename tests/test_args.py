@@ -1,0 +1,132 @@
+"""The command line: run_mlm_flax.py's flags and JSON files, our additions, clear errors."""
+
+import dataclasses
+import json
+import logging
+
+import pytest
+
+from pipeline.config import DataConfig
+from trainer.args import data_config, hparams, parse_args
+
+# A command from Hugging Face's run_mlm_flax.py documentation (with local files).
+RUN_MLM_FLAX_COMMAND = [
+    "--output_dir", "./norwegian-roberta-base", "--model_type", "roberta",
+    "--config_name", "./norwegian-roberta-base", "--tokenizer_name", "./norwegian-roberta-base",
+    "--train_file", "train.txt", "--validation_file", "valid.txt",
+    "--max_seq_length", "128", "--weight_decay", "0.01",
+    "--per_device_train_batch_size", "128", "--per_device_eval_batch_size", "128",
+    "--learning_rate", "3e-4", "--warmup_steps", "1000", "--overwrite_output_dir",
+    "--num_train_epochs", "18", "--adam_beta1", "0.9", "--adam_beta2", "0.98",
+    "--logging_steps", "500", "--save_steps", "2500", "--eval_steps", "2500",
+    "--do_train", "--do_eval", "--push_to_hub", "--hub_token", "secret",
+]
+
+
+def error_of(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    return err
+
+
+def test_run_mlm_flax_command_parses_and_warns_once_about_hub_flags(caplog):
+    with caplog.at_level(logging.WARNING):
+        model_args, data_args, training_args = parse_args(RUN_MLM_FLAX_COMMAND)
+    assert model_args.model_type == "roberta"
+    assert data_args.train_file == "train.txt" and data_args.max_seq_length == 128
+    assert training_args.learning_rate == 3e-4 and training_args.num_train_epochs == 18
+    assert training_args.do_train and training_args.overwrite_output_dir
+    assert training_args.optimizer == "adamw"
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "push_to_hub" in warnings[0] and "hub_token" in warnings[0]
+    assert "secret" not in warnings[0]
+
+
+def test_json_file_gives_the_same_arguments_as_flags(tmp_path):
+    values = {}
+    flags = iter(RUN_MLM_FLAX_COMMAND)
+    for flag in flags:
+        name = flag[2:]
+        if name in ("overwrite_output_dir", "do_train", "do_eval", "push_to_hub"):
+            values[name] = True
+        else:
+            text = next(flags)
+            values[name] = float(text) if name in ("learning_rate", "weight_decay") else text
+    values["eval_steps"] = None  # JSON null keeps the default
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(values))
+    from_json = parse_args([str(path)])
+    at = RUN_MLM_FLAX_COMMAND.index("--eval_steps")
+    from_flags = parse_args(RUN_MLM_FLAX_COMMAND[:at] + RUN_MLM_FLAX_COMMAND[at + 2:])
+    assert from_json == from_flags
+    assert from_json[2].eval_steps == 500  # = logging_steps
+
+
+def test_defaults_where_run_mlm_flax_crashes():
+    _, data_args, training_args = parse_args(["--output_dir", "out"])
+    assert data_args.max_seq_length == 128
+    assert training_args.eval_steps == training_args.logging_steps == 500
+    assert training_args.seed == 42 and training_args.learning_rate == 5e-5
+
+
+def test_unknown_flags_are_named(capsys):
+    err = error_of(["--output_dir", "out", "--max_seq_len", "64", "--frobnicate"], capsys)
+    assert "--max_seq_len 64 --frobnicate" in err
+
+
+def test_bad_values_are_named(capsys):
+    assert "--learning_rate" in error_of(["--output_dir", "o", "--learning_rate", "fast"], capsys)
+    assert "optimizer" in error_of(["--output_dir", "o", "--optimizer", "sgd"], capsys)
+    assert "--adafactor contradicts --optimizer lamb" in error_of(
+        ["--output_dir", "o", "--adafactor", "--optimizer", "lamb"], capsys)
+    assert "rsqrt_dekay" in error_of(
+        ["--output_dir", "o", "--lr_schedule", "constant * rsqrt_dekay"], capsys)
+    assert "mask_replace_prob + random_replace_prob" in error_of(
+        ["--output_dir", "o", "--mask_replace_prob", "0.95"], capsys)
+    assert "output_dir" in error_of([], capsys)
+
+
+def test_json_errors_name_the_file_and_problem(tmp_path, capsys):
+    path = tmp_path / "run.json"
+    path.write_text('{"output_dir": "o", "max_seq_lenght": 64, "seed": 1}')
+    assert "run.json: unknown arguments: max_seq_lenght" in error_of([str(path)], capsys)
+    path.write_text('{"output_dir": "o",\n "seed": }')
+    assert "run.json: invalid JSON at line 2" in error_of([str(path)], capsys)
+    path.write_text('{"output_dir": "o", "seed": "one"}')
+    assert "--seed" in error_of([str(path)], capsys)
+    assert "cannot read" in error_of([str(tmp_path / "missing.json")], capsys)
+
+
+def test_optimizer_choice():
+    assert parse_args(["--output_dir", "o", "--adafactor"])[2].optimizer == "adafactor"
+    assert parse_args(["--output_dir", "o", "--optimizer", "lamb"])[2].optimizer == "lamb"
+
+
+def test_data_config_carries_every_field_and_the_seed():
+    changed = {"train_file": "a.txt", "validation_file": "b.txt", "dataset_name": "tfds:x",
+               "dataset_config_name": "c", "train_ref_file": "r1", "validation_ref_file": "r2",
+               "validation_split_percentage": "7", "text_column": "body",
+               "shuffle_buffer_size": "11", "max_seq_length": "64", "line_by_line": "true",
+               "chinese_word_segmentation": "jieba", "mlm_probability": "0.2",
+               "max_predictions_per_seq": "9", "mask_replace_prob": "0.7",
+               "random_replace_prob": "0.2", "whole_word_masking": "true",
+               "max_eval_samples": "13"}
+    assert set(changed) == {f.name for f in dataclasses.fields(DataConfig)} - {"seed"}
+    argv = ["--output_dir", "o", "--seed", "3"]
+    for name, value in changed.items():
+        argv += [f"--{name}", value]
+    _, data_args, training_args = parse_args(argv)
+    config = data_config(data_args, training_args)
+    assert config.seed == 3
+    for name, value in changed.items():
+        assert str(getattr(config, name)).lower() == value, name
+
+
+def test_hparams_are_flat_and_hide_tokens():
+    flat = hparams(*parse_args(RUN_MLM_FLAX_COMMAND))
+    assert flat["hub_token"] == "<hidden>" and flat["token"] is None
+    assert flat["learning_rate"] == 3e-4 and flat["model_type"] == "roberta"
