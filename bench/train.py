@@ -7,7 +7,9 @@ pipeline already on the device, their ratio (goal >= 0.95), the pipeline's
 own rate with no training, and the MFU of both against the float32 matmul
 rate measured in the same run (bench/model.py's analytic FLOP count; on
 several local devices, the matmul rate of one device times their number).
-The two feeds alternate in rounds so that load from other processes hits both.
+The two feeds alternate in short rounds, and the ratio is the median over
+pairs of rounds, so that load from other processes (a shared machine) hits
+both feeds alike.
 
     python bench/train.py --config small --seconds 60
 """
@@ -69,7 +71,8 @@ def main(argv=None):
     parser.add_argument("--seconds", type=float, default=60,
                         help="time for the measured rounds (setup and compilation excluded)")
     parser.add_argument("--batch", type=int, default=8, help="examples per device")
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--round_seconds", type=float, default=1.0,
+                        help="length of one round of one feed")
     args = parser.parse_args(argv)
     tf.config.set_visible_devices([], "GPU")
 
@@ -103,12 +106,16 @@ def main(argv=None):
             iter([next(data) for _ in range(8)]), 8, axis_name=step_lib.AXIS))
         memory = cycle(in_memory)
         totals = {"pipeline": [0, 0.0], "memory": [0, 0.0]}
-        share = args.seconds / (2 * args.rounds)
-        for _ in range(args.rounds):
+        pair_ratios = []
+        for _ in range(max(1, round(args.seconds / (2 * args.round_seconds)))):
+            rate = {}
             for name, batches in (("pipeline", streamed), ("memory", memory)):
-                state, steps, elapsed = run_steps(p_train_step, state, batches, share)
+                state, steps, elapsed = run_steps(p_train_step, state, batches,
+                                                  args.round_seconds)
                 totals[name][0] += steps
                 totals[name][1] += elapsed
+                rate[name] = steps / elapsed
+            pair_ratios.append(rate["pipeline"] / rate["memory"])
 
         start, fetched = time.perf_counter(), 0
         while time.perf_counter() - start < min(5.0, args.seconds / 6):
@@ -128,7 +135,8 @@ def main(argv=None):
         "steps": {name: steps for name, (steps, _) in totals.items()},
         "tokens_per_s_pipeline": sig(rates["pipeline"] * tokens_per_step),
         "tokens_per_s_memory": sig(rates["memory"] * tokens_per_step),
-        "ratio": sig(rates["pipeline"] / rates["memory"]),
+        "ratio": sig(float(np.median(pair_ratios))),
+        "ratio_of_totals": sig(rates["pipeline"] / rates["memory"]),
         "goal_ratio": 0.95,
         "pipeline_alone_tokens_per_s": sig(pipeline_alone * tokens_per_step),
         "matmul_f32_flop_s": sig(peak),

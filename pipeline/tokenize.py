@@ -10,8 +10,11 @@ per-token Python is needed. Chinese reference indices (or jieba, on the fly)
 turn single-character tokens into continuations of their word.
 """
 
+import atexit
 import dataclasses
 import json
+import threading
+import time
 from typing import Optional
 
 import numpy as np
@@ -144,6 +147,43 @@ def encode_lines(backend, vocab, texts, refs=None, *, ref_source=None, segmentat
     return ids, lengths, starts
 
 
+class _Calls:
+    """Counts tokenizer calls in flight so that interpreter exit can wait for them.
+
+    A tf.data thread that is inside a Python call when the interpreter starts
+    finalizing never returns, and TensorFlow then waits for it forever: a
+    script exiting with a live iterator (or an uncaught exception holding
+    one) would hang. At exit, new calls fail at once, ending the streams,
+    and exit waits for the calls already running.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._running = 0
+        self._closing = False
+
+    def __enter__(self):
+        with self._lock:
+            if self._closing:
+                raise RuntimeError("the interpreter is exiting; the input pipeline stopped")
+            self._running += 1
+
+    def __exit__(self, *exc_info):
+        with self._lock:
+            self._running -= 1
+
+    def close(self, timeout_s=10.0):
+        with self._lock:
+            self._closing = True
+        deadline = time.monotonic() + timeout_s
+        while self._running and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+
+_CALLS = _Calls()
+atexit.register(_CALLS.close)
+
+
 def plain_backend(tokenizer):
     """A private copy of the Rust tokenizer with truncation and padding off.
 
@@ -169,8 +209,9 @@ def tokenize(lines, tokenizer, vocab, *, ref_source=None, segmentation=None):
             inputs.append(element["chinese_ref"])
 
         def call(texts, refs=None):
-            return encode_lines(backend, vocab, texts, refs, ref_source=ref_source,
-                                segmentation=segmentation)
+            with _CALLS:
+                return encode_lines(backend, vocab, texts, refs, ref_source=ref_source,
+                                    segmentation=segmentation)
 
         ids, lengths, starts = tf.numpy_function(
             call, inputs, (tf.int32, tf.int64, tf.bool), stateful=False)

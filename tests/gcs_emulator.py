@@ -12,13 +12,12 @@ import ipaddress
 import os
 import pathlib
 import select
-import shutil
 import socket
+import ssl
 import subprocess
 import threading
 import time
 import urllib.request
-import ssl
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -75,13 +74,16 @@ class ConnectProxy:
 
     With `cut_after_bytes` and `cuts`, the first `cuts` tunnels that carry
     more than `cut_after_bytes` bytes towards the client are closed there,
-    mid-transfer.
+    mid-transfer; with `cut_every=n`, only every n-th such tunnel, so that
+    retries succeed and cuts spread over a whole run.
     """
 
-    def __init__(self, target_port, cut_after_bytes=None, cuts=0):
+    def __init__(self, target_port, cut_after_bytes=None, cuts=0, cut_every=1):
         self.target_port = target_port
         self.cut_after_bytes = cut_after_bytes
         self.cuts_left = cuts
+        self.cut_every = cut_every
+        self.long_tunnels = 0  # tunnels that carried more than cut_after_bytes
         self.cuts_done = 0
         self.tunnels = 0
         self._lock = threading.Lock()
@@ -100,7 +102,8 @@ class ConnectProxy:
 
     def _take_cut(self):
         with self._lock:
-            if self.cuts_left > 0:
+            self.long_tunnels += 1
+            if self.cuts_left > 0 and self.long_tunnels % self.cut_every == 0:
                 self.cuts_left -= 1
                 self.cuts_done += 1
                 return True
@@ -108,18 +111,24 @@ class ConnectProxy:
 
     def _tunnel(self, client):
         with client:
-            request = b""
-            while b"\r\n\r\n" not in request:
-                chunk = client.recv(4096)
-                if not chunk:
-                    return
-                request += chunk
-            method, target = request.split(b" ", 2)[:2]
-            host = target.split(b":")[0].decode()
-            if method != b"CONNECT" or host not in GCS_HOSTS:
-                client.sendall(b"HTTP/1.1 403 Forbidden\r\n\r\n")
+            try:
+                self._connect(client)
+            except OSError:  # either side reset the connection or quit: the tunnel ends
+                pass
+
+    def _connect(self, client):
+        request = b""
+        while b"\r\n\r\n" not in request:
+            chunk = client.recv(4096)
+            if not chunk:
                 return
-            upstream = socket.create_connection((LOOPBACK, self.target_port))
+            request += chunk
+        method, target = request.split(b" ", 2)[:2]
+        host = target.split(b":")[0].decode()
+        if method != b"CONNECT" or host not in GCS_HOSTS:
+            client.sendall(b"HTTP/1.1 403 Forbidden\r\n\r\n")
+            return
+        with socket.create_connection((LOOPBACK, self.target_port)) as upstream:
             client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
             with self._lock:
                 self.tunnels += 1
@@ -127,27 +136,29 @@ class ConnectProxy:
 
     def _pipe(self, client, upstream):
         sent_to_client = 0
-        with upstream:
-            while True:
-                readable, _, _ = select.select([client, upstream], [], [], 30)
-                if not readable:
+        long = False  # the cut is decided once, when the tunnel first passes cut_after_bytes
+        while True:
+            readable, _, _ = select.select([client, upstream], [], [], 30)
+            if not readable:
+                return
+            for sock in readable:
+                data = sock.recv(65536)
+                if not data:
                     return
-                for sock in readable:
-                    data = sock.recv(65536)
-                    if not data:
+                if sock is upstream:
+                    room = len(data) if self.cut_after_bytes is None else (
+                        self.cut_after_bytes - sent_to_client)
+                    sent_to_client += len(data)
+                    crossing = not long and len(data) > room
+                    long = long or crossing
+                    if crossing and self._take_cut():
+                        # Up to the byte, then close: the client has the response
+                        # headers and part of the body (TLS records are ~4 kB).
+                        client.sendall(data[:max(room, 0)])
                         return
-                    if sock is upstream:
-                        room = len(data) if self.cut_after_bytes is None else (
-                            self.cut_after_bytes - sent_to_client)
-                        sent_to_client += len(data)
-                        if len(data) > room and self._take_cut():
-                            # Up to the byte, then close: the client has the response
-                            # headers and part of the body (TLS records are ~4 kB).
-                            client.sendall(data[:max(room, 0)])
-                            return
-                        client.sendall(data)
-                    else:
-                        upstream.sendall(data)
+                    client.sendall(data)
+                else:
+                    upstream.sendall(data)
 
     def close(self):
         self._closed = True
@@ -181,11 +192,12 @@ class GcsEmulator:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
-                raise RuntimeError(f"fake-gcs-server exited; see {self.workdir}/fake-gcs-server.log")
+                raise RuntimeError(
+                    f"fake-gcs-server exited; see {self.workdir}/fake-gcs-server.log")
             try:
-                urllib.request.urlopen(f"https://{LOOPBACK}:{self.port}/storage/v1/b",
-                                       context=context, timeout=2)
-                return
+                with urllib.request.urlopen(f"https://{LOOPBACK}:{self.port}/storage/v1/b",
+                                            context=context, timeout=2):
+                    return
             except OSError:
                 time.sleep(0.1)
         raise RuntimeError("fake-gcs-server did not start")

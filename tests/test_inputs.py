@@ -147,10 +147,14 @@ def test_eval_pads_to_num_batches_and_caps_samples(tmp_path, tokenizer, corpus_f
                for b in batches[5:])
     capped = dataclasses.replace(config, max_eval_samples=11)
     assert len(_real_rows(_eval(capped, tokenizer))) == 11
-    hosts = [inputs.count_eval_batches(capped, tokenizer, per_device_batch_size=1,
+    files = [tmp_path / "a.txt", tmp_path / "b.txt"]
+    for path, part in zip(files, (lines[:20], lines[20:])):
+        path.write_text("".join(line + "\n" for line in part), encoding="utf-8")
+    two_files = dataclasses.replace(capped, validation_file=",".join(map(str, files)))
+    hosts = [inputs.count_eval_batches(two_files, tokenizer, per_device_batch_size=1,
                                        local_device_count=1, process_index=i, process_count=2)
              for i in range(2)]
-    assert hosts == [6, 5]
+    assert hosts == [6, 5]  # the cap is split over the hosts
 
 
 def test_load_tokenizer_rejects_a_directory_without_one(tmp_path):

@@ -73,3 +73,12 @@ def test_byte_level_bpe_marks_words_by_leading_space(tmp_path):
     assert starts.tolist() == [i == 0 or t.startswith("\u0120") for i, t in enumerate(tokens)]
     assert starts.sum() == 3 and len(tokens) > 3
     assert (vocab.cls_id, vocab.sep_id) == (tokenizer.bos_token_id, tokenizer.eos_token_id)
+
+
+def test_pipeline_ignores_truncation_left_on_the_shared_tokenizer(tokenizer):
+    """transformers leaves truncation/padding set on its backend after such a call."""
+    tokenizer(["a b c d e f g h"], truncation=True, max_length=4, padding="max_length")
+    vocab = tokenize.vocabulary(tokenizer)
+    lines = tf.data.Dataset.from_tensors({"text": ["a b c d e f g h"]})
+    batch = next(iter(tokenize.tokenize(lines, tokenizer, vocab)))
+    assert batch["ids"].row_lengths().numpy().tolist() == [8]

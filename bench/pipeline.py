@@ -1,0 +1,134 @@
+"""Input-pipeline throughput against its limit, the tokenizer alone, measured in the same run.
+
+Prints one JSON line: tokens_per_sec (real, non-pad tokens out of the full
+pipeline: read, tokenize, pack, mask, batch), tokenizer_tokens_per_sec (the
+same tokenizer's `encode_batch_fast` on batches of the same file's lines),
+their ratio (goal >= 0.9), time_to_first_batch_s and peak_rss_mb. Without
+--train_file/--tokenizer it builds the embedded corpus (repeated to
+--corpus_mb) and a WordPiece tokenizer in a temporary directory.
+
+    python bench/pipeline.py [--train_file F --tokenizer DIR] [--max_seq_length 128]
+        [--batch_size 256] [--line_by_line] [--whole_word_masking] [--seconds 20]
+"""
+
+import os
+import pathlib
+import sys
+
+# This file is named pipeline.py: keep its directory off the path so that `pipeline` is the
+# package at the repository root.
+_ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path[:] = [p for p in sys.path if pathlib.Path(p or ".").resolve() != _ROOT / "bench"]
+sys.path.insert(0, str(_ROOT))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import argparse  # noqa: E402
+import itertools  # noqa: E402
+import json  # noqa: E402
+import resource  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+
+from pipeline import config as config_lib  # noqa: E402
+from pipeline import corpus, inputs, tokenize, vocab  # noqa: E402
+
+GOAL_RATIO = 0.9
+_READ_LINES = 1024
+
+
+def _build_corpus(base, megabytes):
+    """The embedded corpus, repeated to about `megabytes` (streamed, never held in memory)."""
+    if not megabytes:
+        return base
+    directory = base.parent
+    path = directory / f"stdlib-{megabytes}mb.txt"
+    with path.open("wb") as out:
+        while out.tell() < megabytes * 2**20:
+            with base.open("rb") as f:
+                shutil.copyfileobj(f, out)
+    return path
+
+
+def _pipeline_rate(config, tokenizer, batch_size, seconds):
+    """(real tokens per second, seconds to the first batch) of train_dataset."""
+    start = time.perf_counter()
+    iterator = iter(inputs.train_dataset(config, tokenizer, per_device_batch_size=batch_size,
+                                         local_device_count=1))
+    next(iterator)["input_ids"].numpy()
+    first = time.perf_counter() - start
+    tokens = 0
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        tokens += int(next(iterator)["attention_mask"].numpy().sum())
+    rate = tokens / (time.perf_counter() - start)
+    del iterator
+    return rate, first
+
+
+def _tokenizer_rate(path, tokenizer, seconds):
+    """Tokens per second of the tokenizer alone on the file's lines (time spent encoding only)."""
+    backend = tokenize.plain_backend(tokenizer)
+    tokens = elapsed = 0.0
+    while elapsed < seconds:
+        with open(path, encoding="utf-8") as f:
+            lines = (line.strip() for line in f)
+            while elapsed < seconds:
+                batch = list(itertools.islice((line for line in lines if line), _READ_LINES))
+                if not batch:
+                    break
+                start = time.perf_counter()
+                encodings = backend.encode_batch_fast(batch)
+                elapsed += time.perf_counter() - start
+                tokens += sum(len(e) for e in encodings)
+    return tokens / elapsed
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--train_file", help="Default: the embedded corpus.")
+    parser.add_argument("--tokenizer", help="Default: a WordPiece tokenizer trained on it.")
+    parser.add_argument("--corpus_mb", type=int, default=0,
+                        help="Repeat the embedded corpus to this size (without --train_file).")
+    parser.add_argument("--max_seq_length", type=int, default=128)
+    parser.add_argument("--batch_size", type=int, default=256)
+    parser.add_argument("--line_by_line", action="store_true")
+    parser.add_argument("--whole_word_masking", action="store_true")
+    parser.add_argument("--seconds", type=float, default=20.0)
+    args = parser.parse_args(argv)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        base = pathlib.Path(tmp, "stdlib.txt")
+        if not (args.train_file and args.tokenizer):
+            corpus.write_corpus(base)
+        train_file = args.train_file or _build_corpus(base, args.corpus_mb)
+        tokenizer_dir = args.tokenizer
+        if not tokenizer_dir:
+            tokenizer_dir = pathlib.Path(tmp, "tokenizer")
+            vocab.train_wordpiece([base], vocab_size=8000).save_pretrained(tokenizer_dir)
+        tokenizer = inputs.load_tokenizer(tokenizer_dir)
+        config = config_lib.DataConfig(
+            train_file=str(train_file), max_seq_length=args.max_seq_length,
+            line_by_line=args.line_by_line, whole_word_masking=args.whole_word_masking)
+        rate, first = _pipeline_rate(config, tokenizer, args.batch_size, args.seconds)
+        limit = _tokenizer_rate(train_file, tokenizer, args.seconds)
+        result = {
+            "bench": "pipeline",
+            "tokens_per_sec": round(rate),
+            "tokenizer_tokens_per_sec": round(limit),
+            "ratio": round(rate / limit, 3),
+            "goal_ratio": GOAL_RATIO,
+            "ok": rate / limit >= GOAL_RATIO,
+            "time_to_first_batch_s": round(first, 2),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+            "corpus_mb": round(os.path.getsize(train_file) / 2**20, 1),
+            "max_seq_length": args.max_seq_length,
+            "batch_size": args.batch_size,
+            "line_by_line": args.line_by_line,
+            "whole_word_masking": args.whole_word_masking,
+        }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,31 @@
+"""The preview command: decoded examples with their predicted positions."""
+
+import json
+
+from pipeline import preview
+
+
+def test_json_preview_shows_ids_labels_and_tokens(capsys, corpus_file, tokenizer_dir):
+    preview.main(["--train_file", str(corpus_file), "--tokenizer", str(tokenizer_dir),
+                  "--max_seq_length", "32", "--num_examples", "3", "--json",
+                  "--whole_word_masking", "--shuffle_buffer_size", "100"])
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(rows) == 3
+    for row in rows:
+        assert len(row["input_ids"]) == len(row["labels"]) == len(row["tokens"]) == 32
+        assert row["tokens"][0] == "[CLS]" and row["tokens"][-1] == "[SEP]"
+        predicted = [i for i, label in enumerate(row["labels"]) if label != -100]
+        assert len(predicted) == 5  # round(32 * 0.15)
+        changed = [i for i, (a, b) in enumerate(zip(row["tokens"], row["original_tokens"]))
+                   if a != b]
+        assert set(changed) <= set(predicted) and changed
+
+
+def test_text_preview_marks_predictions_with_their_originals(capsys, corpus_file,
+                                                             tokenizer_dir):
+    preview.main(["--train_file", str(corpus_file), "--tokenizer", str(tokenizer_dir),
+                  "--line_by_line", "--max_seq_length", "24", "--num_examples", "2",
+                  "--split", "validation"])
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 4 and out[0].startswith("--- example 0:")
+    assert "[CLS]" in out[1] and "{" in out[1]
