@@ -7,6 +7,7 @@
 A rerun with the same output_dir resumes from its latest checkpoint.
 """
 
+import collections
 import functools
 import json
 import math
@@ -29,6 +30,12 @@ from pipeline.errors import InputError  # noqa: E402
 from trainer import args as args_lib  # noqa: E402
 from trainer import checkpoints, monitoring, optimizers, schedules  # noqa: E402
 from trainer import step as step_lib  # noqa: E402
+
+
+# Steps dispatched but not finished. Without a bound, asynchronous dispatch lets the host
+# run up to a logging step ahead: progress and ETA would measure dispatch, and a
+# stop request would wait for the whole queue.
+MAX_STEPS_IN_FLIGHT = 2
 
 
 class TrainingDiverged(RuntimeError):
@@ -102,35 +109,28 @@ def summarize(window):
     return {k: float(v) for k, v in merged.compute().items()}, losses
 
 
-def evaluate(p_eval_step, params, eval_data, num_batches, monitor):
+def evaluate(p_eval_step, params, eval_data, num_batches, vocab_size, monitor):
     """Eval metrics over the whole fixed validation set, and the most-frequent-token accuracy."""
-    metrics = None
-    label_counts = np.zeros(0, np.int64)
+    label_counts = np.zeros(vocab_size, np.int64)
 
     def host_batches():
-        nonlocal label_counts
         for batch in eval_data:
             batch = jax.tree.map(lambda t: t.numpy(), batch)
-            weights = batch["masked_weights"].ravel() > 0
-            counts = np.bincount(batch["masked_ids"].ravel()[weights])
-            if counts.size > label_counts.size:
-                counts[:label_counts.size] += label_counts
-                label_counts = counts
-            else:
-                label_counts[:counts.size] += counts
+            predicted = batch["masked_weights"] > 0
+            label_counts[:] += np.bincount(batch["masked_ids"][predicted], minlength=vocab_size)
             yield batch
 
+    metrics = None
     with monitor.eval_bar(num_batches) as bar:
-        for i, batch in enumerate(jax_utils.prefetch_to_device(host_batches(), 2,
-                                                                axis_name=step_lib.AXIS)):
+        batches = jax_utils.prefetch_to_device(host_batches(), 2, axis_name=step_lib.AXIS)
+        for i, batch in enumerate(batches):
             batch_metrics = p_eval_step(params, batch)
             metrics = batch_metrics if metrics is None else metrics.merge(batch_metrics)
             bar.update(i + 1)
     if metrics is None:
         raise InputError("the validation set is empty")
     results = {k: float(v) for k, v in checkpoints.to_host(metrics).compute().items()}
-    baseline = label_counts.max() / max(label_counts.sum(), 1) if label_counts.size else 0.0
-    return results, float(baseline)
+    return results, float(label_counts.max() / max(label_counts.sum(), 1))
 
 
 def train_and_evaluate(model_args, data_args, training_args):
@@ -143,8 +143,7 @@ def train_and_evaluate(model_args, data_args, training_args):
     is_chief = jax.process_index() == 0
     output_dir = training_args.output_dir
     hparams = args_lib.hparams(model_args, data_args, training_args)
-    resume = checkpoints.prepare_output_dir(
-        output_dir, overwrite=training_args.overwrite_output_dir, run_args=hparams)
+    resume = checkpoints.check_output_dir(output_dir, overwrite=training_args.overwrite_output_dir)
 
     # Tokenizer and model.
     tokenizer_name = model_args.tokenizer_name or model_args.model_name_or_path
@@ -160,7 +159,8 @@ def train_and_evaluate(model_args, data_args, training_args):
     train_batch = training_args.per_device_train_batch_size * accumulation
     host = dict(local_device_count=jax.local_device_count(),
                 process_index=jax.process_index(), process_count=jax.process_count())
-    total_steps = count_train_steps(data_config, tokenizer, training_args, train_batch)
+    total_steps = (count_train_steps(data_config, tokenizer, training_args, train_batch)
+                   if do_train else 0)
     train_data = checkpoints.DataIterator(inputs.train_dataset(
         data_config, tokenizer, per_device_batch_size=train_batch, **host))
     if do_eval:
@@ -171,14 +171,16 @@ def train_and_evaluate(model_args, data_args, training_args):
                                         num_batches=num_eval_batches, **host)
 
     # Optimizer, state, and the pmapped steps.
-    learning_rate_fn = schedules.schedule_from_args(training_args, total_steps)
+    learning_rate_fn = schedules.schedule_from_args(training_args, max(total_steps, 1))
     tx = optimizers.create_optimizer(training_args, learning_rate_fn)
     state = step_lib.create_train_state(params, tx, jax.random.PRNGKey(training_args.seed))
     options = step_lib.StepOptions.from_args(training_args)
     p_train_step = step_lib.make_p_train_step(module.apply, tx, learning_rate_fn, options)
     p_eval_step = step_lib.make_p_eval_step(module.apply, options)
 
-    # Restore.
+    # Restore. Nothing is written to output_dir before this point.
+    checkpoints.claim_output_dir(output_dir, overwrite=training_args.overwrite_output_dir,
+                                 run_args=hparams)
     ckpt = checkpoints.Checkpoints(output_dir, save_total_limit=training_args.save_total_limit)
     start_step = 0
     if resume and ckpt.latest_step is not None:
@@ -194,14 +196,14 @@ def train_and_evaluate(model_args, data_args, training_args):
         logdir, total_steps=total_steps, start_step=start_step,
         logging_steps=training_args.logging_steps, tokens_per_step=tokens_per_step,
         hparams=hparams, profile_steps=training_args.profile_steps)
-    stop = checkpoints.StopRequest()
+    stop = checkpoints.StopRequest(sync_every=training_args.logging_steps)
     eval_results, baseline = {}, None
 
     def run_eval(at_step):
         nonlocal eval_results, baseline
         with monitor.timed("eval"):
             eval_results, baseline = evaluate(p_eval_step, state.params, eval_data,
-                                              num_eval_batches, monitor)
+                                              num_eval_batches, module.config.vocab_size, monitor)
         monitor.write_eval(at_step, eval_results)
         if is_chief:
             print(f"eval at step {at_step}: loss {eval_results['loss']:.4f}, accuracy "
@@ -211,6 +213,7 @@ def train_and_evaluate(model_args, data_args, training_args):
     # The loop.
     step = start_step
     window = []  # this logging window's per-step metrics, still on device
+    in_flight = collections.deque()
     device_batches = train_data.to_device(2, axis_name=step_lib.AXIS)
     if do_train and start_step < total_steps:
         print(f"Training {total_steps - start_step} steps of {tokens_per_step} tokens on "
@@ -220,11 +223,14 @@ def train_and_evaluate(model_args, data_args, training_args):
             with jax.profiler.StepTraceAnnotation("train", step_num=step):
                 state, metrics = p_train_step(state, next(device_batches))
             window.append(metrics)
+            in_flight.append(metrics)
+            if len(in_flight) > MAX_STEPS_IN_FLIGHT:
+                jax.block_until_ready(in_flight.popleft())
             step += 1
             monitor.step_done(step)
-            stopping = stop.requested()
+            stopping = stop.requested(step)
             saving = step % training_args.save_steps == 0 or step == total_steps or stopping
-            if window and (step % training_args.logging_steps == 0 or saving):
+            if step % training_args.logging_steps == 0 or saving:  # also checks before a save
                 summary, losses = summarize(window)
                 bad = [i for i, loss in enumerate(losses) if not math.isfinite(loss)]
                 if bad and not training_args.skip_nonfinite_updates:
@@ -234,7 +240,8 @@ def train_and_evaluate(model_args, data_args, training_args):
                         f"{_checkpoint_text(ckpt)}")
                 window = []
                 monitor.write_train(step, summary)
-            if do_eval and (step % training_args.eval_steps == 0 and step < total_steps):
+            if do_eval and step % training_args.eval_steps == 0 and step < total_steps and (
+                    not stopping):  # a stop must save within the grace period
                 run_eval(step)
             if saving:
                 with monitor.timed("checkpoint"):

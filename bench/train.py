@@ -15,6 +15,7 @@ both feeds alike.
 """
 
 import argparse
+import collections
 import importlib.util
 import json
 import os
@@ -32,6 +33,7 @@ from flax import jax_utils  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import model  # noqa: E402
+import train  # noqa: E402
 from pipeline import corpus, inputs, vocab  # noqa: E402
 from pipeline.config import DataConfig  # noqa: E402
 from trainer import checkpoints, optimizers, schedules, step as step_lib  # noqa: E402
@@ -51,10 +53,16 @@ BENCH_MODEL = _bench_model()
 
 
 def run_steps(p_train_step, state, batches, seconds):
-    """Steps until `seconds` have passed; returns (state, steps, elapsed) with the work done."""
-    steps, start = 0, time.perf_counter()
+    """Steps until `seconds` have passed; returns (state, steps, elapsed) with the work done.
+
+    Like train.py, at most MAX_STEPS_IN_FLIGHT steps are dispatched ahead.
+    """
+    steps, start, in_flight = 0, time.perf_counter(), collections.deque()
     while time.perf_counter() - start < seconds:
-        state, _ = p_train_step(state, next(batches))
+        state, metrics = p_train_step(state, next(batches))
+        in_flight.append(metrics)
+        if len(in_flight) > train.MAX_STEPS_IN_FLIGHT:
+            jax.block_until_ready(in_flight.popleft())
         steps += 1
     jax.block_until_ready(state)
     return state, steps, time.perf_counter() - start

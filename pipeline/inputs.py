@@ -13,8 +13,8 @@ the tokenizer call is a pure `numpy_function`, so the external-state policy
 is IGNORE, and all randomness is stateless.
 """
 
-import transformers
 import tensorflow as tf
+import transformers
 
 from pipeline import masking, pack, sources, tokenize
 from pipeline.errors import InputError

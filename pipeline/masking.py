@@ -34,8 +34,12 @@ def _unit_ids(candidate, word_starts, whole_words):
     return tf.where(candidate, unit, -1)
 
 
-def _choose(candidate, unit, budget, seed):
-    """Selects whole units in a random order while the running token count fits the budget."""
+def _choose(candidate, unit, budget, max_predictions, seed):
+    """Selects whole units in a random order while the running token count fits the budget.
+
+    At most max_predictions units can fit (each has a token), so one top_k of
+    random unit keys gives the random order; no full sort is needed.
+    """
     batch, length = tf.shape(unit)[0], tf.shape(unit)[1]
     rows = tf.range(batch)[:, None] * length
     segments = tf.reshape(tf.where(candidate, rows + unit, batch * length), [-1])
@@ -43,12 +47,34 @@ def _choose(candidate, unit, budget, seed):
         tf.ones_like(segments), segments, batch * length + 1)[:-1]
     sizes = tf.reshape(sizes, [batch, length])
     usable = (sizes > 0) & (sizes <= budget[:, None])
-    keys = tf.where(usable, tf.random.stateless_uniform([batch, length], seed), 2.0)
-    order = tf.argsort(keys, axis=1, stable=True)
-    taken = tf.cumsum(tf.gather(sizes, order, batch_dims=1), axis=1) <= budget[:, None]
-    taken &= tf.gather(usable, order, batch_dims=1)
-    chosen_units = tf.gather(taken, tf.argsort(order, axis=1), batch_dims=1)
-    return candidate & tf.gather(chosen_units, tf.maximum(unit, 0), batch_dims=1)
+    keys = tf.where(usable, tf.random.stateless_uniform([batch, length], seed), -1.0)
+    keys = tf.pad(keys, [[0, 0], [0, tf.maximum(0, max_predictions - length)]],
+                  constant_values=-1.0)
+    top_keys, order = tf.math.top_k(keys, k=max_predictions, sorted=True)
+    order_sizes = tf.gather(tf.pad(sizes, [[0, 0], [0, tf.shape(keys)[1] - length]]), order,
+                            batch_dims=1)
+    taken = (tf.cumsum(order_sizes, axis=1) <= budget[:, None]) & (top_keys >= 0)
+    taken_unit = tf.where(taken, order, -1)
+    hit = tf.reduce_any(unit[:, None, :] == taken_unit[:, :, None], axis=1)
+    return candidate & hit
+
+
+def _gather_form(chosen, max_predictions):
+    """The chosen positions of each row in increasing order, padded to max_predictions.
+
+    The k-th chosen token of a row lands in slot k through a segment sum (much
+    cheaper than a top_k on CPU); fewer than max_predictions are chosen.
+    """
+    batch, length = tf.shape(chosen)[0], tf.shape(chosen)[1]
+    slot = tf.cumsum(tf.cast(chosen, tf.int32), axis=1) - 1
+    segments = tf.where(chosen, tf.range(batch)[:, None] * max_predictions + slot,
+                        batch * max_predictions)
+    columns = tf.broadcast_to(tf.range(length)[None, :], tf.shape(chosen))
+    positions = tf.math.unsorted_segment_sum(
+        tf.reshape(columns, [-1]), tf.reshape(segments, [-1]), batch * max_predictions + 1)
+    positions = tf.reshape(positions[:-1], [batch, max_predictions])
+    count = tf.reduce_sum(tf.cast(chosen, tf.int32), axis=1)
+    return positions, tf.range(max_predictions)[None, :] < count[:, None]
 
 
 def masker(vocab, config, *, whole_words, process_index=0):
@@ -79,28 +105,26 @@ def masker(vocab, config, *, whole_words, process_index=0):
         budget = tf.cast(tf.round(n_real * config.mlm_probability), tf.int32)
         budget = tf.minimum(max_predictions, tf.maximum(1, budget))
         unit = _unit_ids(candidate, batch["word_starts"], whole_words)
-        chosen = _choose(candidate, unit, budget, seeds[0])
+        chosen = _choose(candidate, unit, budget, max_predictions, seeds[0])
 
-        action = tf.random.stateless_uniform(tf.shape(ids), seeds[1])
+        positions, weights = _gather_form(chosen, max_predictions)
+        originals = tf.where(weights, tf.gather(ids, positions, batch_dims=1), 0)
+
+        # 80/10/10 is drawn for the max_predictions slots only, then scattered back.
+        action = tf.random.stateless_uniform(tf.shape(positions), seeds[1])
         random_ids = tf.gather(replacements, tf.random.stateless_uniform(
-            tf.shape(ids), seeds[2], maxval=tf.size(replacements), dtype=tf.int32))
+            tf.shape(positions), seeds[2], maxval=tf.size(replacements), dtype=tf.int32))
         shown = tf.where(action < mask_prob, vocab.mask_id,
-                         tf.where(action < random_prob, random_ids, ids))
-        length = tf.shape(ids)[1]
-        positions = tf.range(length)[None, :]
-        score = tf.where(chosen, length - positions, 0)
-        # top_k needs at least max_predictions columns; zeros there are padding.
-        score = tf.pad(score, [[0, 0], [0, tf.maximum(0, max_predictions - length)]])
-        top, _ = tf.math.top_k(score, k=max_predictions, sorted=True)
-        weights = top > 0
-        masked_positions = tf.where(weights, length - top, 0)
+                         tf.where(action < random_prob, random_ids, originals))
+        rows = tf.broadcast_to(tf.range(tf.shape(ids)[0])[:, None], tf.shape(positions))
+        slots = tf.boolean_mask(tf.stack([rows, positions], axis=-1), weights)
         return {
-            "input_ids": tf.where(chosen, shown, ids),
+            "input_ids": tf.tensor_scatter_nd_update(ids, slots, tf.boolean_mask(shown, weights)),
             "attention_mask": tf.cast(real, tf.int32),
             "token_type_ids": tf.zeros_like(ids),
             "labels": tf.where(chosen, ids, IGNORE_INDEX),
-            "masked_positions": masked_positions,
-            "masked_ids": tf.where(weights, tf.gather(ids, masked_positions, batch_dims=1), 0),
+            "masked_positions": positions,
+            "masked_ids": originals,
             "masked_weights": tf.cast(weights, tf.float32),
         }
 

@@ -59,6 +59,8 @@ def main(argv=None):
     batch = _examples(config, tokenizer, args.split, args.num_examples)
     for row in range(args.num_examples):
         real = batch["attention_mask"][row] == 1
+        if not real.any():
+            break  # weight-0 padding at the end of a short validation set
         ids = batch["input_ids"][row][real]
         labels = batch["labels"][row][real]
         tokens = tokenizer.convert_ids_to_tokens(ids.tolist())

@@ -12,6 +12,7 @@ turn single-character tokens into continuations of their word.
 
 import atexit
 import dataclasses
+import itertools
 import json
 import threading
 import time
@@ -134,7 +135,8 @@ def encode_lines(backend, vocab, texts, refs=None, *, ref_source=None, segmentat
     lines = [t.decode("utf-8", "replace") for t in texts]
     encodings = backend.encode_batch_fast(lines, add_special_tokens=False)
     lengths = np.fromiter((len(e) for e in encodings), np.int64, len(encodings))
-    ids = np.fromiter((i for e in encodings for i in e.ids), np.int32, int(lengths.sum()))
+    ids = np.fromiter(itertools.chain.from_iterable(e.ids for e in encodings), np.int32,
+                      int(lengths.sum()))
     offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
     starts = ~vocab.is_continuation[ids]
     starts[offsets[lengths > 0]] = True
@@ -142,28 +144,30 @@ def encode_lines(backend, vocab, texts, refs=None, *, ref_source=None, segmentat
         _apply_refs(starts, offsets, lengths, texts, refs, ref_source)
     if segmentation == "jieba":
         _segment_chinese(starts, ids, offsets, lengths, texts, vocab)
-    elif segmentation:
-        raise InputError(f"chinese_word_segmentation: expected 'jieba', got {segmentation!r}")
     return ids, lengths, starts
 
 
 class _Calls:
-    """Counts tokenizer calls in flight so that interpreter exit can wait for them.
+    """Tracks tokenizer calls so that interpreter exit can wait for the streams to go quiet.
 
-    A tf.data thread that is inside a Python call when the interpreter starts
-    finalizing never returns, and TensorFlow then waits for it forever: a
-    script exiting with a live iterator (or an uncaught exception holding
-    one) would hang. At exit, new calls fail at once, ending the streams,
-    and exit waits for the calls already running.
+    A tf.data thread that needs the GIL while the interpreter finalizes never
+    gets it, and TensorFlow then waits for that thread forever: a script
+    exiting with a live iterator (or an uncaught exception holding one) would
+    hang. At exit, new calls fail at once, which ends the streams; exit then
+    waits until no call has run or started for a moment.
     """
+
+    _QUIET_S = 0.2
 
     def __init__(self):
         self._lock = threading.Lock()
         self._running = 0
+        self._last = 0.0
         self._closing = False
 
     def __enter__(self):
         with self._lock:
+            self._last = time.monotonic()
             if self._closing:
                 raise RuntimeError("the interpreter is exiting; the input pipeline stopped")
             self._running += 1
@@ -171,13 +175,17 @@ class _Calls:
     def __exit__(self, *exc_info):
         with self._lock:
             self._running -= 1
+            self._last = time.monotonic()
 
     def close(self, timeout_s=10.0):
         with self._lock:
             self._closing = True
         deadline = time.monotonic() + timeout_s
-        while self._running and time.monotonic() < deadline:
-            time.sleep(0.01)
+        while time.monotonic() < deadline:
+            with self._lock:
+                if not self._running and time.monotonic() - self._last > self._QUIET_S:
+                    return
+            time.sleep(0.02)
 
 
 _CALLS = _Calls()
@@ -201,7 +209,10 @@ def tokenize(lines, tokenizer, vocab, *, ref_source=None, segmentation=None):
 
     Lines that produce no tokens are dropped.
     """
+    if segmentation not in (None, "jieba"):
+        raise InputError(f"chinese_word_segmentation: expected 'jieba', got {segmentation!r}")
     backend = plain_backend(tokenizer)
+    ref_source = ref_source or RefSource(None, None)
 
     def encode(element):
         inputs = [element["text"]]
@@ -210,20 +221,19 @@ def tokenize(lines, tokenizer, vocab, *, ref_source=None, segmentation=None):
 
         def call(texts, refs=None):
             with _CALLS:
-                return encode_lines(backend, vocab, texts, refs, ref_source=ref_source,
-                                    segmentation=segmentation)
+                ids, lengths, starts = encode_lines(
+                    backend, vocab, texts, refs, ref_source=ref_source,
+                    segmentation=segmentation)
+            return ids, lengths[lengths > 0], starts  # empty lines hold no ids: drop them
 
         ids, lengths, starts = tf.numpy_function(
             call, inputs, (tf.int32, tf.int64, tf.bool), stateful=False)
         ids.set_shape([None])
         starts.set_shape([None])
         lengths.set_shape([None])
-        keep = lengths > 0
         return {
-            "ids": tf.ragged.boolean_mask(
-                tf.RaggedTensor.from_row_lengths(ids, lengths, validate=False), keep),
-            "word_starts": tf.ragged.boolean_mask(
-                tf.RaggedTensor.from_row_lengths(starts, lengths, validate=False), keep),
+            "ids": tf.RaggedTensor.from_row_lengths(ids, lengths, validate=False),
+            "word_starts": tf.RaggedTensor.from_row_lengths(starts, lengths, validate=False),
         }
 
     return lines.map(encode, num_parallel_calls=tf.data.AUTOTUNE)

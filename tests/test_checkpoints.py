@@ -1,5 +1,6 @@
 """Checkpoints: exact resume of state and input position, keep-N, the output_dir guard, signals."""
 
+import json
 import os
 import signal
 import subprocess
@@ -52,16 +53,17 @@ def test_round_trip_restores_state_and_next_batches(tmp_path):
     np.testing.assert_array_equal(np.stack(got), np.stack(expected))
 
 
-def test_keeps_the_last_n_checkpoints(tmp_path):
+def test_keeps_the_last_n_checkpoints(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a relative output_dir, as users write it
     data = checkpoints.DataIterator(shuffled_batches())
-    ckpt = checkpoints.Checkpoints(tmp_path, save_total_limit=2)
+    ckpt = checkpoints.Checkpoints("run", save_total_limit=2)
     state = flax.jax_utils.replicate(make_state())
     for step in (1, 2, 3, 4):
         ckpt.save(step, state, data)
     ckpt.wait()
     assert ckpt.all_steps() == [3, 4]
     ckpt.close()
-    assert sorted(os.listdir(tmp_path / checkpoints.CHECKPOINT_DIR)) == ["3", "4"]
+    assert sorted(os.listdir(tmp_path / "run" / checkpoints.CHECKPOINT_DIR)) == ["3", "4"]
 
 
 def test_checkpoint_of_another_model_is_a_clear_error(tmp_path):
@@ -88,25 +90,29 @@ def test_output_dir_guard(tmp_path):
     (foreign / "notes.txt").write_text("mine")
     before = snapshot(foreign)
     with pytest.raises(checkpoints.OutputDirError, match="notes.txt.*--overwrite_output_dir"):
-        checkpoints.prepare_output_dir(foreign, overwrite=False, run_args={})
+        checkpoints.check_output_dir(foreign, overwrite=False)
     assert snapshot(foreign) == before and os.listdir(foreign) == ["notes.txt"]
 
     fresh = tmp_path / "fresh"
-    assert checkpoints.prepare_output_dir(fresh, overwrite=False, run_args={"a": 1}) is False
-    assert (fresh / checkpoints.RUN_MARKER).exists()
+    assert checkpoints.check_output_dir(fresh, overwrite=False) is False
+    assert not fresh.exists()  # checking writes nothing
+    checkpoints.claim_output_dir(fresh, overwrite=False, run_args={"a": 1})
+    assert json.loads((fresh / checkpoints.RUN_MARKER).read_text()) == {"a": 1}
     (fresh / checkpoints.CHECKPOINT_DIR).mkdir()
-    assert checkpoints.prepare_output_dir(fresh, overwrite=False, run_args={"a": 1}) is True
+    assert checkpoints.check_output_dir(fresh, overwrite=False) is True
 
     # Overwrite starts afresh: our checkpoints go, other files stay.
-    assert checkpoints.prepare_output_dir(fresh, overwrite=True, run_args={}) is False
+    assert checkpoints.check_output_dir(fresh, overwrite=True) is False
+    checkpoints.claim_output_dir(fresh, overwrite=True, run_args={})
     assert not (fresh / checkpoints.CHECKPOINT_DIR).exists()
-    assert checkpoints.prepare_output_dir(foreign, overwrite=True, run_args={}) is False
+    assert checkpoints.check_output_dir(foreign, overwrite=True) is False
+    checkpoints.claim_output_dir(foreign, overwrite=True, run_args={})
     assert (foreign / "notes.txt").read_text() == "mine"
 
     a_file = tmp_path / "file"
     a_file.write_text("x")
     with pytest.raises(checkpoints.OutputDirError, match="is a file"):
-        checkpoints.prepare_output_dir(a_file, overwrite=True, run_args={})
+        checkpoints.check_output_dir(a_file, overwrite=True)
 
 
 KILL_DURING_SAVE = textwrap.dedent("""
@@ -147,9 +153,9 @@ def test_kill_during_checkpoint_write_keeps_previous_checkpoint(tmp_path):
 def test_stop_request_turns_signals_into_a_flag():
     stop = checkpoints.StopRequest()
     try:
-        assert not stop.requested()
+        assert not stop.requested(1)
         os.kill(os.getpid(), signal.SIGTERM)
-        assert stop.requested() and stop.name == "SIGTERM"
+        assert stop.requested(2) and stop.name == "SIGTERM"
         assert stop.exit_code() == 128 + signal.SIGTERM
     finally:
         stop.uninstall()

@@ -145,7 +145,6 @@ def test_misaligned_or_malformed_ref_files_raise_input_error(tmp_path, zh_tokeni
 
 def test_unknown_segmenter_is_rejected(zh_tokenizer):
     vocab = tokenize.vocabulary(zh_tokenizer)
-    with pytest.raises(InputError, match="jieba"):
-        tokenize.encode_lines(zh_tokenizer.backend_tokenizer, vocab, np.array([b"x"], object),
-                              segmentation="ltp")
-
+    lines = tf.data.Dataset.from_tensors({"text": ["x"]})
+    with pytest.raises(InputError, match="chinese_word_segmentation.*jieba.*ltp"):
+        tokenize.tokenize(lines, zh_tokenizer, vocab, segmentation="ltp")

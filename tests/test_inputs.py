@@ -1,6 +1,8 @@
 """The trainer-facing datasets: shapes, determinism, checkpointing and complete evaluation."""
 
 import dataclasses
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -160,3 +162,15 @@ def test_eval_pads_to_num_batches_and_caps_samples(tmp_path, tokenizer, corpus_f
 def test_load_tokenizer_rejects_a_directory_without_one(tmp_path):
     with pytest.raises(InputError, match=str(tmp_path)):
         inputs.load_tokenizer(tmp_path)
+
+
+def test_a_script_exits_with_a_live_iterator(config, tokenizer_dir):
+    """A tf.data thread caught inside the tokenizer at interpreter exit used to hang it."""
+    script = (
+        "from pipeline import config, inputs\n"
+        f"c = config.DataConfig(train_file={config.train_file!r}, max_seq_length=64)\n"
+        f"t = inputs.load_tokenizer({str(tokenizer_dir)!r})\n"
+        "it = iter(inputs.train_dataset(c, t, per_device_batch_size=8, local_device_count=1))\n"
+        "next(it)\n")
+    done = subprocess.run([sys.executable, "-c", script], timeout=60, capture_output=True)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]

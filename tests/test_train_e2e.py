@@ -21,6 +21,7 @@ from test_monitoring import read_scalars  # TensorBoard's own event reader
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 40
+GRACE_SECONDS = 30  # what a preempted Cloud VM (and Kubernetes, by default) allows after SIGTERM
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +46,7 @@ def config(corpus_file, tokenizer_dir):
         "logging_steps": 1,
         "eval_steps": 20,
         "save_steps": 4,
+        "profile_steps": 3,
         "seed": 1,
     }
 
@@ -121,6 +123,8 @@ def test_trains_evaluates_and_logs(uninterrupted):
     assert results["perplexity"] == pytest.approx(np.exp(results["eval_loss"]), rel=1e-5)
     assert "tensorboard --logdir" in console and "Traceback" not in console
     assert max(map(int, os.listdir(output_dir / checkpoints.CHECKPOINT_DIR))) == STEPS
+    traces = list((output_dir / checkpoints.LOG_DIR / "plugins" / "profile").glob("*/*.xplane.pb"))
+    assert len(traces) == 1, "expected one profile of profile_steps steps"
 
 
 @pytest.mark.slow
@@ -147,9 +151,11 @@ def test_killed_run_resumes_with_the_same_losses(tmp_path, config, uninterrupted
     process = start(config_file)
     console = read_until(process, f"train {killed_at + 3}/")
     assert f"Resuming from the checkpoint of step {killed_at}" in console
+    signalled = time.monotonic()
     process.send_signal(signal.SIGTERM)
     code, rest = finish(process)
     assert code == 128 + signal.SIGTERM, rest[-3000:]
+    assert time.monotonic() - signalled < GRACE_SECONDS
     stopped_at = int(rest.split("stopped by SIGTERM after step ")[1].split(";")[0])
     assert killed_at + 3 <= stopped_at < STEPS
     assert checkpoints.Checkpoints(output_dir).latest_step == stopped_at

@@ -158,7 +158,7 @@ class Checkpoints:
 
     def __init__(self, output_dir, *, save_total_limit: Optional[int] = None,
                  async_save: bool = True):
-        self.directory = epath.Path(output_dir) / CHECKPOINT_DIR
+        self.directory = epath.Path(output_dir).resolve() / CHECKPOINT_DIR  # Orbax: absolute
         options = ocp.CheckpointManagerOptions(
             max_to_keep=save_total_limit,
             enable_async_checkpointing=async_save,
@@ -235,14 +235,12 @@ def _check_same_shapes(template, stored, where):
                 f"{want[path]}: it was written for a different model configuration")
 
 
-def prepare_output_dir(output_dir, *, overwrite: bool, run_args: dict) -> bool:
-    """Checks output_dir before anything is written; returns whether to resume from it.
+def check_output_dir(output_dir, *, overwrite: bool) -> bool:
+    """Refuses an output_dir that holds someone else's files; returns whether to resume from it.
 
     A directory is ours when it holds RUN_MARKER. Anything else that is not
-    empty is refused without --overwrite_output_dir, and nothing in it is
-    touched. With overwrite, our old checkpoints and logs are removed (foreign
-    files stay) and training starts from scratch. Call it on every process:
-    all processes check before process 0 writes.
+    empty is refused without --overwrite_output_dir. Reads only: call it on
+    every process before anything is written.
     """
     path = epath.Path(output_dir)
     if path.exists() and not path.is_dir():
@@ -255,7 +253,17 @@ def prepare_output_dir(output_dir, *, overwrite: bool, run_args: dict) -> bool:
             f"output_dir {output_dir} already holds files that are not from this trainer "
             f"({shown}); pass --overwrite_output_dir to write into it, or choose another "
             "directory")
-    ocp.multihost.sync_global_processes("prepare_output_dir:checked")
+    return ours and not overwrite
+
+
+def claim_output_dir(output_dir, *, overwrite: bool, run_args: dict):
+    """Marks output_dir as this trainer's (process 0 writes RUN_MARKER with the run's arguments).
+
+    With overwrite, our old checkpoints and logs are removed first (other
+    files stay), so training starts from scratch. All processes wait for it.
+    """
+    path = epath.Path(output_dir)
+    ocp.multihost.sync_global_processes("claim_output_dir:start")
     if jax.process_index() == 0:
         if overwrite:
             for name in (CHECKPOINT_DIR, LOG_DIR):
@@ -263,8 +271,7 @@ def prepare_output_dir(output_dir, *, overwrite: bool, run_args: dict) -> bool:
                     (path / name).rmtree()
         path.mkdir(parents=True, exist_ok=True)
         (path / RUN_MARKER).write_text(json.dumps(run_args, indent=2, default=str) + "\n")
-    ocp.multihost.sync_global_processes("prepare_output_dir:written")
-    return ours and not overwrite
+    ocp.multihost.sync_global_processes("claim_output_dir:done")
 
 
 class Stopped(Exception):
@@ -276,17 +283,20 @@ class Stopped(Exception):
 
 
 class StopRequest:
-    """Turns SIGTERM/SIGINT into a request the loop honours at the next step boundary.
+    """Turns SIGTERM/SIGINT into a request the loop honours at a step boundary.
 
     The handler only records the signal, so a save never starts in the middle
     of a step. A second SIGINT falls back to the default (KeyboardInterrupt),
-    letting a user at a terminal force an exit.
+    letting a user at a terminal force an exit. With several processes the
+    flags are exchanged every `sync_every` steps (a small all-gather that waits
+    for the step), so that all processes stop, and save, at the same step.
     """
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
-    def __init__(self):
+    def __init__(self, sync_every: int = 1):
         self.signum: Optional[int] = None
+        self.sync_every = sync_every
         self._previous: dict = {}
         if threading.current_thread() is threading.main_thread():
             for signum in self.SIGNALS:
@@ -298,15 +308,13 @@ class StopRequest:
             raise KeyboardInterrupt
         self.signum = signum
 
-    def requested(self) -> bool:
-        """Whether any process was asked to stop; collective, so all processes agree.
-
-        Call it at the same steps on every process: with several processes it
-        exchanges the flags (a small all-gather that waits for the step).
-        """
+    def requested(self, step: int) -> bool:
+        """Whether to stop after `step`; every process must call it at every step."""
         flag = self.signum is not None
         if jax.process_count() == 1:
             return flag
+        if step % self.sync_every:
+            return False
         return bool(np.any(multihost_utils.process_allgather(np.array(flag))))
 
     @property

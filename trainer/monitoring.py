@@ -138,12 +138,13 @@ class Monitor:
             num_train_steps=total_steps, writer=self.writer, every_steps=logging_steps,
             every_secs=None)
         self.hooks = [self.report]
-        if profile_steps:
+        if profile_steps and self.is_chief:
+            # Steps-only (no minimum duration), starting a few steps in so that
+            # compilation stays out of the trace.
+            warmup = max(min(10, total_steps - start_step - profile_steps), 1)
             self.hooks.append(periodic_actions.Profile(
-                logdir=logdir, num_profile_steps=profile_steps,
-                first_profile=start_step + min(10, max(total_steps - start_step - profile_steps,
-                                                       1)),
-                every_secs=None))
+                logdir=logdir, num_profile_steps=profile_steps, profile_duration_ms=None,
+                first_profile=start_step + warmup, every_secs=None))
         self.bar = ProgressBar("train", total_steps, start=start_step, enabled=self.is_chief)
         self._mark = (start_step, time.monotonic())
 
