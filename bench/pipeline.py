@@ -4,9 +4,9 @@ Prints one JSON line: tokens_per_sec (real, non-pad tokens out of the full
 pipeline: read, tokenize, pack, mask, batch), tokenizer_tokens_per_sec (the
 same tokenizer's `encode_batch_fast` on batches of the same file's lines),
 their ratio (goal >= 0.9), time_to_first_batch_s and peak_rss_mb; plus the
-same comparison in process CPU time per token, steadier on a shared machine. Without
---train_file/--tokenizer it builds the embedded corpus (repeated to
---corpus_mb) and a WordPiece tokenizer in a temporary directory.
+same comparison in process CPU time per token, steadier on a shared
+machine. Without --train_file/--tokenizer it builds the embedded corpus
+(repeated to --corpus_mb) and a WordPiece tokenizer in a temporary directory.
 
     python bench/pipeline.py [--train_file F --tokenizer DIR] [--max_seq_length 128]
         [--batch_size 256] [--line_by_line] [--whole_word_masking] [--seconds 20]
