@@ -14,7 +14,9 @@ import math
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads: no start-up chatter
+# Before TensorFlow loads: no start-up chatter. oneDNN speeds up no tf.data op we use.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -25,7 +27,7 @@ from jax.experimental import multihost_utils  # noqa: E402
 
 import model  # noqa: E402
 from model import configuration  # noqa: E402
-from pipeline import inputs, sources  # noqa: E402
+from pipeline import errors, inputs, sources  # noqa: E402
 from pipeline.errors import InputError  # noqa: E402
 from trainer import args as args_lib  # noqa: E402
 from trainer import checkpoints, monitoring, optimizers, schedules  # noqa: E402
@@ -45,6 +47,10 @@ class TrainingDiverged(RuntimeError):
 def initialize_distributed(training_args):
     """Joins the JAX cluster: explicit coordinator flags, or Cloud TPU's automatic discovery."""
     if training_args.coordinator_address:
+        # CPU processes need a collectives backend for cross-process psums (GPUs and TPUs
+        # ignore it); older JAX versions have none by default. A choice such as mpi is kept.
+        if jax.config.jax_cpu_collectives_implementation is None:
+            jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(coordinator_address=training_args.coordinator_address,
                                    num_processes=training_args.num_processes,
                                    process_id=training_args.process_id)
@@ -94,11 +100,45 @@ def count_train_steps(data_config, tokenizer, training_args, per_device_batch_si
         data_config, tokenizer, per_device_batch_size=per_device_batch_size,
         local_device_count=jax.local_device_count(), process_index=jax.process_index(),
         process_count=jax.process_count(), num_epochs=1)
-    batches = cluster_max(int(epoch.reduce(np.int64(0), lambda count, _: count + 1)))
+    own = int(epoch.reduce(np.int64(0), lambda count, _: count + 1))
+    batches = cluster_max(own)
+    if jax.process_count() > 1:  # each host's shard, visible: a shorter one repeats early
+        print(f"process {jax.process_index()} of {jax.process_count()}: {own} training "
+              f"batches in one epoch of its shard (the longest shard: {batches})", flush=True)
     if batches == 0:
         raise InputError(f"{data_config.train_file or data_config.dataset_name}: not enough "
                          "training text for one batch")
     return max(1, math.ceil(training_args.num_train_epochs * batches))
+
+
+def check_first_batch(train_data, data_config, host_batch):
+    """Reads the first training batch now, so that empty or broken input fails before training.
+
+    Every process learns whether any process has no batch, so all stop together.
+    """
+    try:
+        train_data.peek()
+        empty = 0
+    except StopIteration:
+        empty = 1
+    if cluster_max(empty):
+        raise InputError(
+            f"{data_config.train_file or data_config.dataset_name}: not enough training text "
+            f"for one batch of {host_batch} sequences of {data_config.max_seq_length} tokens "
+            "(the data is empty, only blank lines, or all held out for validation)")
+
+
+def check_validation_set(num_batches, data_config):
+    """An empty validation set is an error now, not after training (a small one is padded)."""
+    if num_batches:
+        return
+    if data_config.validation_file:
+        where = f"{data_config.validation_file} has no text"
+    else:
+        where = (f"no line of {data_config.train_file or data_config.dataset_name} falls in the "
+                 f"{data_config.validation_split_percentage}% held out for validation; set "
+                 "validation_file or a larger validation_split_percentage")
+    raise InputError(f"the validation set is empty: {where}")
 
 
 def summarize(window):
@@ -129,6 +169,8 @@ def evaluate(p_eval_step, params, eval_data, num_batches, vocab_size, monitor):
             bar.update(i + 1)
     if metrics is None:
         raise InputError("the validation set is empty")
+    if jax.process_count() > 1:  # the baseline counts every host's labels, as the metrics do
+        label_counts = multihost_utils.process_allgather(label_counts).sum(axis=0)
     results = {k: float(v) for k, v in checkpoints.to_host(metrics).compute().items()}
     return results, float(label_counts.max() / max(label_counts.sum(), 1))
 
@@ -156,17 +198,20 @@ def train_and_evaluate(model_args, data_args, training_args):
     # Data.
     data_config = args_lib.data_config(data_args, training_args)
     accumulation = training_args.gradient_accumulation_steps
-    train_batch = training_args.per_device_train_batch_size * accumulation
+    train_batch = args_lib.per_device_train_batch(training_args, jax.device_count()) * accumulation
     host = dict(local_device_count=jax.local_device_count(),
                 process_index=jax.process_index(), process_count=jax.process_count())
     total_steps = (count_train_steps(data_config, tokenizer, training_args, train_batch)
                    if do_train else 0)
     train_data = checkpoints.DataIterator(inputs.train_dataset(
         data_config, tokenizer, per_device_batch_size=train_batch, **host))
+    if do_train:
+        check_first_batch(train_data, data_config, train_batch * jax.local_device_count())
     if do_eval:
         eval_batch = training_args.per_device_eval_batch_size
         num_eval_batches = cluster_max(inputs.count_eval_batches(
             data_config, tokenizer, per_device_batch_size=eval_batch, **host))
+        check_validation_set(num_eval_batches, data_config)
         eval_data = inputs.eval_dataset(data_config, tokenizer, per_device_batch_size=eval_batch,
                                         num_batches=num_eval_batches, **host)
 
@@ -178,15 +223,21 @@ def train_and_evaluate(model_args, data_args, training_args):
     p_train_step = step_lib.make_p_train_step(module.apply, tx, learning_rate_fn, options)
     p_eval_step = step_lib.make_p_eval_step(module.apply, options)
 
-    # Restore. Nothing is written to output_dir before this point.
-    checkpoints.claim_output_dir(output_dir, overwrite=training_args.overwrite_output_dir,
-                                 run_args=hparams)
+    # Restore. Nothing is written to output_dir before this point; when resuming, it is
+    # claimed only once its checkpoint has been read, so a checkpoint of another model shape
+    # fails leaving the directory as it was.
+    claim = functools.partial(checkpoints.claim_output_dir, output_dir,
+                              overwrite=training_args.overwrite_output_dir, run_args=hparams)
+    if not resume:
+        claim()
     ckpt = checkpoints.Checkpoints(output_dir, save_total_limit=training_args.save_total_limit)
     start_step = 0
     if resume and ckpt.latest_step is not None:
         start_step = ckpt.latest_step
         state = ckpt.restore(state, train_data, start_step)
         print(f"Resuming from the checkpoint of step {start_step} in {ckpt.directory}", flush=True)
+    if resume:
+        claim()
     state = jax_utils.replicate(state, axis_name=step_lib.AXIS)  # laid out as the step's output
     del params
 
@@ -263,6 +314,9 @@ def train_and_evaluate(model_args, data_args, training_args):
         eval_results.update(perplexity=eval_results.pop("eval_perplexity"), step=step,
                             most_frequent_token_accuracy=baseline)
     final_params = checkpoints.to_host(state.params)
+    if jax.process_count() > 1:  # every host's replica should match the one process 0 exports
+        print(f"process {jax.process_index()}: final parameters fingerprint "
+              f"{checkpoints.fingerprint(final_params)}", flush=True)
     if is_chief:
         if eval_results:
             with open(os.path.join(output_dir, "eval_results.json"), "w") as f:
@@ -272,9 +326,9 @@ def train_and_evaluate(model_args, data_args, training_args):
             tokenizer.save_pretrained(output_dir)
             print(f"Exported the model and tokenizer (Hugging Face format) to {output_dir}")
         print(f"TensorBoard logs: {logdir}\n  open them with: tensorboard --logdir {logdir}")
-        samples = getattr(training_args, "fill_mask_samples", 0)
-        if samples:
-            show_fill_mask(module, final_params, tokenizer, data_config, samples)
+        if training_args.fill_mask_samples:
+            show_fill_mask(module, final_params, tokenizer, data_config,
+                           training_args.fill_mask_samples)
     return eval_results
 
 
@@ -323,7 +377,10 @@ def main(argv=None):
     try:
         train_and_evaluate(model_args, data_args, training_args)
     except (ValueError, TrainingDiverged) as error:  # InputError and our errors included
-        print(f"error: {error}", file=sys.stderr)
+        print("error: " + " ".join(str(error).splitlines()), file=sys.stderr)
+        sys.exit(1)
+    except tf.errors.OpError as error:  # raised inside tf.data: bad data deep in a file
+        print(f"error: {errors.message_in(error.message)}", file=sys.stderr)
         sys.exit(1)
     except checkpoints.Stopped as stopped:
         print(stopped.message, file=sys.stderr)

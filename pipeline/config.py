@@ -21,6 +21,7 @@ class DataConfig:
     validation_ref_file: Optional[str] = None
     validation_split_percentage: int = 5  # held out of the training stream when no validation source
     text_column: str = "text"
+    invalid_utf8: str = "error"  # "error": fail naming file and line; "replace": U+FFFD
     shuffle_buffer_size: int = 10_000
 
     # Tokenize and pack.

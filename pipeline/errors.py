@@ -4,6 +4,35 @@ A ValueError subclass, so callers that already catch ValueError keep working,
 while tests and the trainer can tell a user's data problem from a bug.
 """
 
+import re
+
 
 class InputError(ValueError):
     """Input data or a data setting is wrong; the message names the file, line and expectation."""
+
+
+_TAG = "InputError: "
+_TF_PREFIX = re.compile(r"^\{\{[^}]*\}\}\s*")  # "{{function_node ...}}" before the text
+_TF_SUFFIX = re.compile(r"\s*(\[\[\{\{node .*|\[Op:.*)$")  # "[[{{node X}}]] [Op:Y]" after it
+
+
+def message_in(op_error_text):
+    """The one line to show for a TensorFlow error met while reading input.
+
+    An InputError raised inside tf.data reaches the caller as an OpError whose
+    text holds "InputError: <message>" on one line: from a numpy_function
+    ("...: InputError: msg" then its traceback) or from an assertion made by
+    `formats` ("assertion failed: [InputError: msg]"); that message is
+    returned. Any other error (a read that failed after its retries) gives
+    its own text, joined into one line, without TensorFlow's node names.
+    """
+    lines = op_error_text.splitlines()
+    for line in lines:
+        start = line.find(_TAG)
+        if start >= 0:
+            message = line[start + len(_TAG):]
+            if line[:start].endswith("assertion failed: ["):
+                message = message.removesuffix("]")
+            return message
+    text = " ".join(line.strip() for line in lines if line.strip())
+    return _TF_SUFFIX.sub("", _TF_PREFIX.sub("", text))

@@ -8,6 +8,7 @@ InputError; those only visible deep in a file fail when that batch is read,
 with a message that still names the file and the line.
 """
 
+import contextlib
 import csv
 import functools
 import gzip
@@ -33,6 +34,8 @@ _EXTENSIONS = {
     ".tfrecords": "tfrecord",
 }
 _SHARD_SUFFIX = re.compile(r"-\d+-of-\d+$")  # name.tfrecord-00001-of-00010
+INVALID_UTF8 = ("error", "replace")  # what to do with lines that are not valid UTF-8
+_UNITS = {"csv": "row", "tfrecord": "record"}  # what error messages count; lines otherwise
 
 
 def resolve_files(spec):
@@ -148,46 +151,87 @@ def _json_text(line, path, number, column):
 
 
 def read_file(path, fmt, compression, batch_size, column_index=0):
-    """Raw batches of one file: what `parse_fn(fmt, column)` turns into {"text": [n]}."""
+    """Raw batches of one file: what `parse_fn(fmt, column)` turns into {"text": [n]}.
+
+    Each carries the file and the number of its first line (CSV: data row,
+    tfrecord: record), so that errors found while parsing can name both.
+    """
     if fmt == "csv":
-        rows = tf.data.experimental.CsvDataset(
+        batches = tf.data.experimental.CsvDataset(
             path, [tf.constant("")], compression_type=compression, header=True,
-            select_cols=[column_index])
-        return rows.batch(batch_size).map(lambda text: {"text": text})
-    if fmt == "tfrecord":
-        records = tf.data.TFRecordDataset(path, compression)
+            select_cols=[column_index]).batch(batch_size).map(lambda text: text)
+    elif fmt == "tfrecord":
+        batches = tf.data.TFRecordDataset(path, compression).batch(batch_size)
     else:
-        records = tf.data.TextLineDataset(path, compression)
-    batches = records.batch(batch_size)
-    if fmt == "txt":
-        return batches.map(lambda lines: {"text": lines})
-    # JSON and tfrecord errors name the file and line: carry both along.
+        batches = tf.data.TextLineDataset(path, compression).batch(batch_size)
     return batches.enumerate().map(
         lambda i, raw: {"raw": raw, "path": path, "first": i * batch_size + 1})
 
 
-def parse_fn(fmt, column):
-    """Raw batch -> {"text": [n]}; the identity for formats read as text directly."""
-    if fmt == "json":
-        return lambda b: {"text": _parse_json(b["raw"], b["path"], b["first"], column)}
-    if fmt == "tfrecord":
-        return lambda b: {"text": _parse_examples(b["raw"], b["path"], b["first"], column)}
-    return None
+def parse_fn(fmt, column, invalid_utf8="error"):
+    """Raw batch -> {"text": [n]}, valid UTF-8 (bad bytes replaced, or an error: invalid_utf8)."""
+    if fmt == "json":  # parsed in Python, which decodes (and checks) each line itself
+        return lambda b: {"text": _parse_json(b["raw"], b["path"], b["first"], column,
+                                              invalid_utf8)}
+    unit = _UNITS.get(fmt, "line")
+
+    def parse(b):
+        text = b["raw"]
+        if fmt == "tfrecord":
+            text = _parse_examples(text, b["path"], b["first"], column)
+        return {"text": valid_utf8(text, invalid_utf8, b["path"], b["first"], unit)}
+
+    return parse
 
 
-def _parse_json(lines, path, first, column):
+def valid_utf8(text, invalid_utf8, path, first, unit="line"):
+    """Lines with invalid UTF-8 bytes as U+FFFD ("replace"), or failing at the first ("error").
+
+    One vectorized transcode per batch: a line changes exactly when it holds
+    invalid bytes (a valid U+FFFD stays as it is).
+    """
+    fixed = tf.strings.unicode_transcode(text, "UTF-8", "UTF-8", errors="replace")
+    if invalid_utf8 == "replace":
+        return fixed
+    bad = tf.not_equal(fixed, text)
+    number = first + tf.argmax(tf.cast(bad, tf.int64))
+    return _checked(text, tf.logical_not(tf.reduce_any(bad)), path, f": {unit} ", number,
+                    ": invalid UTF-8; pass --invalid_utf8 replace to replace invalid bytes "
+                    "with U+FFFD")
+
+
+def _checked(value, ok, *message):
+    """`value`, once `ok` holds; else the batch fails with "InputError: <message>".
+
+    The trainer finds that text in the tf.data error (errors.message_in).
+    """
+    parts = [p if isinstance(p, str) or p.dtype == tf.string else tf.strings.as_string(p)
+             for p in message]
+    check = tf.debugging.Assert(ok, [tf.strings.join(["InputError: ", *parts])])
+    with tf.control_dependencies([check]):
+        return tf.identity(value)
+
+
+def _parse_json(lines, path, first, column, invalid_utf8):
     # A module-level function, so AutoGraph leaves the per-line Python alone (10x faster).
-    parse = functools.partial(_json_texts, column=column)
+    parse = functools.partial(_json_texts, column=column, invalid_utf8=invalid_utf8)
     text = tf.numpy_function(parse, [lines, path, first], tf.string, stateful=False)
     text.set_shape([None])
     return text
 
 
-def _json_texts(lines, path, first, column):
+def _json_texts(lines, path, first, column, invalid_utf8):
     path = path.decode()
     texts = []
     for number, raw in enumerate(lines, first):
-        line = raw.decode("utf-8")
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            if invalid_utf8 != "replace":
+                raise InputError(f"{path}: line {number}: invalid UTF-8 ({e.reason} at byte "
+                                 f"{e.start}); pass --invalid_utf8 replace to replace invalid "
+                                 "bytes with U+FFFD") from e
+            line = raw.decode("utf-8", "replace")
         texts.append("" if is_blank(line) else _json_text(line, path, number, column))
     return np.array(texts, dtype=object)
 
@@ -198,16 +242,12 @@ def _parse_examples(records, path, first, column):
         tf.cast(values.indices[:, 0], tf.int32), minlength=tf.size(records), dtype=tf.int32)
     bad = tf.not_equal(counts, 1)
     first_bad = first + tf.argmax(tf.cast(bad, tf.int64))
-    check = tf.debugging.Assert(
-        tf.logical_not(tf.reduce_any(bad)),
-        ["InputError:", path, "record", first_bad,
-         f"has no single bytes feature {column!r}"])
-    with tf.control_dependencies([check]):
-        return tf.identity(values.values)
+    return _checked(values.values, tf.logical_not(tf.reduce_any(bad)), path, ": record ",
+                    first_bad, f" has no single bytes feature {column!r}")
 
 
 def with_refs(text_path, ref_path, *, process_index, process_count, shuffle,
-               seed, batch_size):
+              seed, batch_size, invalid_utf8="error"):
     """Text batches zipped with their Chinese reference lines (run_chinese_ref.py format).
 
     The ref file has one line per non-blank text line. Both streams drop
@@ -218,12 +258,25 @@ def with_refs(text_path, ref_path, *, process_index, process_count, shuffle,
 
     def lines(path):
         batches = tf.data.TextLineDataset(path, compression_of(path)).batch(batch_size)
-        return batches.map(lambda t: sharding.keep_lines({"text": t})["text"]).unbatch()
+        return batches.enumerate().map(lambda i, t: sharding.keep_lines({"text": valid_utf8(
+            t, invalid_utf8, path, i * batch_size + 1)})["text"]).unbatch()
 
     ds = tf.data.Dataset.zip(lines(text_path), lines(ref_path))
     ds = ds.batch(batch_size).map(
         lambda t, r: {"text": t, "chinese_ref": tf.strings.strip(r)})
     return sharding.shard_batches(ds, process_index, process_count)
+
+
+def _decoded_lines(path):
+    """The lines of a local or gs:// file (gunzipped), invalid UTF-8 replaced.
+
+    For counting lines: invalid bytes are the tf.data stage's to report, with
+    --invalid_utf8, not a reason to fail here without a line number.
+    """
+    with tf.io.gfile.GFile(path, "rb") as raw:
+        stream = gzip.GzipFile(fileobj=raw) if compression_of(path) else raw
+        for line in stream:
+            yield line.decode("utf-8", "replace")
 
 
 def check_refs(text_path, ref_path):
@@ -235,7 +288,8 @@ def check_refs(text_path, ref_path):
         return InputError(f"reference file {ref_path} does not match text file {text_path}: "
                           f"ref line {number}: {what}")
 
-    with open_text(text_path) as text, open_text(ref_path) as refs:
+    with contextlib.closing(_decoded_lines(text_path)) as text, contextlib.closing(
+            _decoded_lines(ref_path)) as refs:
         text_lines = (n for n, line in enumerate(text, 1) if not is_blank(line))
         ref_lines = (r for r in enumerate(refs, 1) if not is_blank(r[1]))
         count = 0

@@ -6,12 +6,17 @@ The stages, each a Dataset -> Dataset function on whole batches of lines:
       -> enumerate -> mask (stateless, seeded by position) -> [devices, batch, ...]
       -> prefetch
 
-Every element is a dict of int32/float32 tensors shaped
-[local_device_count, per_device_batch_size, ...] (see notes/contracts.md).
+Every element is a dict of tensors shaped [local_device_count,
+per_device_batch_size, width]: input_ids, attention_mask, token_type_ids and
+labels (-100 where nothing is predicted) of width max_seq_length, and the
+gather form masked_positions, masked_ids and masked_weights (float32; 0 for
+padding) of width max_predictions_per_seq. Padding examples have weight 0.
 The training iterator's state is checkpointable with tf.train.Checkpoint:
 the tokenizer call is a pure `numpy_function`, so the external-state policy
 is IGNORE, and all randomness is stateless.
 """
+
+import os
 
 import tensorflow as tf
 import transformers
@@ -28,12 +33,25 @@ def load_tokenizer(name_or_path):
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(str(name_or_path))
     except (OSError, ValueError) as error:
-        raise InputError(
-            f"no tokenizer at {str(name_or_path)!r}: expected a directory with tokenizer.json "
-            f"(or a hub name) ({error})") from error
+        raise InputError(_no_tokenizer(name_or_path, error)) from error
+    if len(tokenizer) <= len(set(tokenizer.all_special_ids)):
+        # What transformers 5 builds from a directory holding only a model's config.json.
+        raise InputError(_no_tokenizer(name_or_path, "it loads with special tokens only"))
     if not tokenizer.is_fast:
         raise InputError(f"tokenizer at {str(name_or_path)!r} is not a fast (Rust) tokenizer")
     return tokenizer
+
+
+def _no_tokenizer(name_or_path, error):
+    """One line that says what was found instead (transformers' own text runs to many lines)."""
+    if os.path.isdir(name_or_path):
+        files = sorted(os.listdir(name_or_path))
+        shown = ", ".join(files[:5]) + (", ..." if len(files) > 5 else "")
+        reason = f"the directory holds {shown or 'nothing'}"
+    else:
+        reason = str(error).strip().splitlines()[0]
+    return (f"no tokenizer at {str(name_or_path)!r}: expected a directory with tokenizer.json "
+            f"(or a hub name); {reason}")
 
 
 def _split_files(config, split):

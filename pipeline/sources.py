@@ -30,6 +30,9 @@ def line_batches(config, split, *, process_index=0, process_count=1, shuffle=Fal
     if not 0 <= config.validation_split_percentage <= 100:
         raise InputError("validation_split_percentage must be within [0, 100], not "
                          f"{config.validation_split_percentage}")
+    if config.invalid_utf8 not in formats.INVALID_UTF8:
+        raise InputError(f"invalid_utf8 must be one of {', '.join(formats.INVALID_UTF8)}, "
+                         f"not {config.invalid_utf8!r}")
     read = dict(process_index=process_index, process_count=process_count, shuffle=shuffle,
                 seed=config.seed, batch_size=read_batch_size)
     if config.dataset_name:
@@ -63,11 +66,12 @@ def _file_batches(config, split, **read):
         if len(files) != 1 or fmt != "txt":
             raise InputError(
                 f"reference file {ref} needs exactly one .txt text file, got {files}")
-        return formats.with_refs(files[0], ref, **read), holdout
-    return _read_files(files, fmt, config.text_column, **read), holdout
+        return formats.with_refs(files[0], ref, invalid_utf8=config.invalid_utf8,
+                                 **read), holdout
+    return _read_files(files, fmt, config.text_column, config.invalid_utf8, **read), holdout
 
 
-def _read_files(files, fmt, column, *, process_index, process_count, shuffle,
+def _read_files(files, fmt, column, invalid_utf8, *, process_index, process_count, shuffle,
                 seed, batch_size):
     """This host's files, interleaved (in a fresh order each epoch when shuffling), parsed."""
     files, shard_elements = sharding.host_files(files, process_index, process_count)
@@ -93,10 +97,8 @@ def _read_files(files, fmt, column, *, process_index, process_count, shuffle,
                               deterministic=True)
     if shard_elements:
         ds = sharding.shard_batches(ds, process_index, process_count)
-    parse = formats.parse_fn(fmt, column)
-    if parse:
-        ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return ds
+    return ds.map(formats.parse_fn(fmt, column, invalid_utf8),
+                  num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
 def _dataset_batches(config, split, **read):

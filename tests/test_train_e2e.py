@@ -7,8 +7,6 @@ so the kill, the signal handling and the resume are the product's own.
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import numpy as np
@@ -18,8 +16,8 @@ import train
 from trainer import checkpoints
 
 from test_monitoring import read_scalars  # TensorBoard's own event reader
+from train_runs import finish, read_until, run, start, write_config
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 40
 GRACE_SECONDS = 30  # what a preempted Cloud VM (and Kubernetes, by default) allows after SIGTERM
 
@@ -59,39 +57,6 @@ def compilation_cache(tmp_path_factory):
     yield
     for name in ("JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"):
         del os.environ[name]
-
-
-def write_config(path, config, output_dir):
-    path.write_text(json.dumps(dict(config, output_dir=str(output_dir))))
-    return str(path)
-
-
-def start(config_file):
-    return subprocess.Popen([sys.executable, os.path.join(ROOT, "train.py"), config_file],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, bufsize=1)
-
-
-def run(config_file, timeout=240):
-    result = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), config_file],
-                            cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-                            check=False)
-    return result.returncode, result.stdout + result.stderr
-
-
-def read_until(process, marker):
-    """Reads the run's console until a line starting with `marker`; returns what was read."""
-    seen = []
-    for line in process.stdout:
-        seen.append(line)
-        if line.startswith(marker):
-            return "".join(seen)
-    raise AssertionError("the run ended before " + repr(marker) + ":\n" + "".join(seen)[-3000:])
-
-
-def finish(process):
-    rest = process.stdout.read()
-    return process.wait(timeout=120), rest
 
 
 def losses(output_dir):

@@ -16,7 +16,9 @@ from typing import Optional
 
 from transformers import HfArgumentParser
 
+from model.configuration import SUPPORTED_MODEL_TYPES
 from pipeline.config import DataConfig
+from pipeline.formats import INVALID_UTF8
 from trainer.schedules import create_learning_rate_schedule
 
 logger = logging.getLogger(__name__)
@@ -63,6 +65,8 @@ class ModelArguments:
 
     def __post_init__(self):
         _check_choice("dtype", self.dtype, DTYPES)
+        if self.model_type is not None:
+            _check_choice("model_type", self.model_type, SUPPORTED_MODEL_TYPES)
 
 
 @dataclass
@@ -116,6 +120,10 @@ class DataTrainingArguments:
         default=10_000, metadata={"help": "Examples in the training shuffle buffer."})
     text_column: str = field(
         default="text", metadata={"help": "Column holding the text in json/csv/dataset sources."})
+    invalid_utf8: str = field(
+        default="error",
+        metadata={"help": "Lines of files that are not valid UTF-8: 'error' stops naming the "
+                          "file and line, 'replace' replaces the invalid bytes with U+FFFD."})
     chinese_word_segmentation: Optional[str] = field(
         default=None,
         metadata={"help": "'jieba': segment Chinese on the fly for whole-word masking "
@@ -141,6 +149,7 @@ class DataTrainingArguments:
         if self.chinese_word_segmentation is not None:
             _check_choice("chinese_word_segmentation", self.chinese_word_segmentation,
                           WORD_SEGMENTERS)
+        _check_choice("invalid_utf8", self.invalid_utf8, INVALID_UTF8)
 
 
 @dataclass
@@ -159,6 +168,11 @@ class TrainingArguments:
         default=8, metadata={"help": "Examples per device per optimizer step (before "
                                      "gradient accumulation multiplies it)."})
     per_device_eval_batch_size: int = field(default=8, metadata={"help": "Examples per device."})
+    global_train_batch_size: Optional[int] = field(
+        default=None,
+        metadata={"help": "Examples per optimizer step over all devices and accumulation "
+                          "steps; when set, replaces per_device_train_batch_size, and must be "
+                          "a multiple of devices x gradient_accumulation_steps."})
     learning_rate: float = field(default=5e-5, metadata={"help": "Peak learning rate."})
     weight_decay: float = field(
         default=0.0,
@@ -215,6 +229,10 @@ class TrainingArguments:
         default=None, metadata={"help": "Keep at most this many checkpoints (default: all)."})
     profile_steps: int = field(
         default=0, metadata={"help": "Profile this many steps (TensorBoard trace); 0: off."})
+    fill_mask_samples: int = field(
+        default=0,
+        metadata={"help": "At the end, show the model's guesses for a hidden word in this many "
+                          "held-out sentences."})
     coordinator_address: Optional[str] = field(
         default=None, metadata={"help": "Multi-host: the coordinator's host:port."})
     num_processes: Optional[int] = field(
@@ -235,6 +253,8 @@ class TrainingArguments:
                      "logging_steps", "save_steps", "eval_steps", "gradient_accumulation_steps",
                      "lr_steps_per_decay"):
             _check_positive(name, getattr(self, name))
+        if self.global_train_batch_size is not None:
+            _check_positive("global_train_batch_size", self.global_train_batch_size)
         if self.save_total_limit is not None:
             _check_positive("save_total_limit", self.save_total_limit)
         for name in ("warmup_steps", "max_grad_norm", "weight_decay", "profile_steps"):
@@ -330,6 +350,24 @@ def ignored_settings(*arguments):
     """Names of the compatibility-only fields that are set to something other than default."""
     return [f.name for args in arguments for f in dataclasses.fields(args)
             if f.name in IGNORED_FIELDS and getattr(args, f.name) != f.default]
+
+
+def per_device_train_batch(training_args, device_count):
+    """Examples per device in one micro-batch: the per-device flag, or the global batch split.
+
+    A global batch that devices x accumulation steps do not divide is refused
+    rather than rounded, so the effective batch is always the one asked for.
+    """
+    total = training_args.global_train_batch_size
+    if total is None:
+        return training_args.per_device_train_batch_size
+    parts = device_count * training_args.gradient_accumulation_steps
+    if total % parts:
+        raise ValueError(
+            f"global_train_batch_size {total} cannot be split over {device_count} devices x "
+            f"{training_args.gradient_accumulation_steps} gradient accumulation steps: it "
+            f"must be a multiple of {parts}")
+    return total // parts
 
 
 def data_config(data_args, training_args):

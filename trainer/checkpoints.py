@@ -15,8 +15,14 @@ the complete new step or none of it, and the previous step stays usable.
 """
 
 import collections
+import contextlib
 import dataclasses
+import errno
+import hashlib
 import json
+import logging
+import os
+import re
 import signal
 import threading
 from typing import Optional
@@ -42,6 +48,10 @@ class CheckpointMismatchError(ValueError):
     """A checkpoint does not fit the model or the cluster it is restored into."""
 
 
+class CheckpointWriteError(OutputDirError):
+    """A checkpoint could not be written (disk full, no permission); the earlier ones stay."""
+
+
 class DataIterator:
     """Numpy batches from a tf.data dataset whose exact position can be checkpointed.
 
@@ -64,6 +74,12 @@ class DataIterator:
         else:
             batch = jax.tree.map(lambda t: t.numpy(), next(self.iterator))
         self.pending.append(batch)
+        return batch
+
+    def peek(self):
+        """The next batch, which stays next: reads input early, so that bad data shows early."""
+        batch = next(self)
+        self.replay.appendleft(self.pending.pop())
         return batch
 
     def to_device(self, size: int = 2, axis_name: str = "batch"):
@@ -149,6 +165,14 @@ def to_host(replicated_tree):
     return jax.tree.map(first, replicated_tree)
 
 
+def fingerprint(host_tree) -> str:
+    """A short hash of a host pytree's values: hosts whose replicas agree print the same one."""
+    digest = hashlib.sha256()
+    for leaf in jax.tree.leaves(host_tree):
+        digest.update(np.ascontiguousarray(leaf).tobytes())
+    return digest.hexdigest()[:16]
+
+
 class Checkpoints:
     """Keeps the last `save_total_limit` checkpoints of a run under output_dir/checkpoints.
 
@@ -164,10 +188,13 @@ class Checkpoints:
             enable_async_checkpointing=async_save,
             cleanup_tmp_directories=True,
             create=True)
-        self._manager = ocp.CheckpointManager(
-            self.directory, options=options,
-            item_handlers={"state": ocp.StandardCheckpointHandler(),
-                           "data": DataIteratorHandler()})
+        with self._writing(None):  # creating the directory is the first write
+            self._manager = ocp.CheckpointManager(
+                self.directory, options=options,
+                item_handlers={"state": ocp.StandardCheckpointHandler(),
+                               "data": DataIteratorHandler()})
+        self._in_flight: Optional[int] = None  # the step being written in the background
+        _quiet_background_write_errors()
 
     @property
     def latest_step(self) -> Optional[int]:
@@ -178,10 +205,13 @@ class Checkpoints:
 
     def save(self, step: int, state, data: DataIterator, *, wait: bool = False):
         """Saves the pmap-replicated train state and this host's input position."""
+        self.wait()  # a failed previous save is reported as that step's, not this one's
         args = ocp.args.Composite(
             state=ocp.args.StandardSave(to_host(state)),
             data=DataIteratorSave(data))
-        self._manager.save(step, args=args, force=True)
+        with self._writing(step):
+            self._manager.save(step, args=args, force=True)
+        self._in_flight = step
         if wait:
             self.wait()
 
@@ -202,10 +232,59 @@ class Checkpoints:
         return restored["state"]
 
     def wait(self):
-        self._manager.wait_until_finished()
+        with self._writing(self._in_flight):
+            self._manager.wait_until_finished()
+        self._in_flight = None
 
     def close(self):
-        self._manager.close()
+        with self._writing(self._in_flight):
+            self._manager.close()
+
+    @contextlib.contextmanager
+    def _writing(self, step: Optional[int]):
+        """Turns a failed write (disk full, read-only, ...) into one CheckpointWriteError.
+
+        The step directory stays temporary, so the message can name the last
+        committed checkpoint: the one a rerun resumes from.
+        """
+        try:
+            yield
+        except (OSError, ValueError, tf.errors.OpError) as error:
+            what = "the checkpoints directory" if step is None else f"the checkpoint of step {step}"
+            kept = ocp.path.step.checkpoint_steps(self.directory) if self.directory.exists() \
+                else []
+            outcome = (f"the checkpoint of step {max(kept)} is kept and a rerun resumes from it"
+                       if kept else "there is no earlier checkpoint")
+            raise CheckpointWriteError(f"could not write {what} to {self.directory}: "
+                                       f"{_os_reason(error)}; {outcome}") from error
+
+
+def _os_reason(error) -> str:
+    """The system's words for a failed write ('No space left on device') where known."""
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    code = re.search(r"os_error_code='?(\d+)", str(error))  # how TensorStore reports it
+    if code:
+        return os.strerror(int(code.group(1)))
+    return str(error).strip().splitlines()[0]
+
+
+def _quiet_background_write_errors():
+    """Drops Orbax's logged tracebacks of a failed background save.
+
+    The same error is raised again in the main thread (at the next save, wait
+    or close), where it becomes one CheckpointWriteError line; the logged
+    copies would put several tracebacks on the console of a user whose disk
+    is full.
+    """
+    logger = logging.getLogger("absl")  # every absl.logging call, Orbax's included
+    if not any(f is _orbax_traceback for f in logger.filters):
+        logger.addFilter(_orbax_traceback)
+
+
+def _orbax_traceback(record: logging.LogRecord) -> bool:
+    """False (drop) for an Orbax log record that carries a traceback."""
+    return not (record.exc_info and f"{os.sep}orbax{os.sep}" in record.pathname)
 
 
 def _path_name(path) -> str:
@@ -220,7 +299,8 @@ def _check_same_shapes(template, stored, where):
             for p, x in jax.tree_util.tree_leaves_with_path(template)}
     have = {_path_name(p): tuple(getattr(m, "shape", ()) or ())
             for p, m in jax.tree_util.tree_leaves_with_path(stored)}
-    for path in sorted(want.keys() | have.keys()):
+    # Model parameters first: the difference a user recognises.
+    for path in sorted(want.keys() | have.keys(), key=lambda p: (not p.startswith("params"), p)):
         if path not in have:
             raise CheckpointMismatchError(
                 f"checkpoint {where} has no {path}: it was written for a different model "
@@ -253,7 +333,29 @@ def check_output_dir(output_dir, *, overwrite: bool) -> bool:
             f"output_dir {output_dir} already holds files that are not from this trainer "
             f"({shown}); pass --overwrite_output_dir to write into it, or choose another "
             "directory")
+    _check_writable(output_dir)
     return ours and not overwrite
+
+
+def _check_writable(output_dir):
+    """Refuses a local output_dir this process cannot write, before hours of setup or training.
+
+    Reads only (the mount flags and the permissions of the directory, or of its
+    nearest existing parent). A remote (gs://) output_dir is found out at its
+    first write, which claim_output_dir reports the same way.
+    """
+    if "://" in str(output_dir):
+        return
+    existing = os.path.abspath(output_dir)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if os.statvfs(existing).f_flag & os.ST_RDONLY:
+        reason = errno.EROFS
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        reason = errno.EACCES
+    else:
+        return
+    raise OutputDirError(f"output_dir {output_dir} is not writable: {os.strerror(reason)}")
 
 
 def claim_output_dir(output_dir, *, overwrite: bool, run_args: dict):
@@ -265,12 +367,16 @@ def claim_output_dir(output_dir, *, overwrite: bool, run_args: dict):
     path = epath.Path(output_dir)
     ocp.multihost.sync_global_processes("claim_output_dir:start")
     if jax.process_index() == 0:
-        if overwrite:
-            for name in (CHECKPOINT_DIR, LOG_DIR):
-                if (path / name).exists():
-                    (path / name).rmtree()
-        path.mkdir(parents=True, exist_ok=True)
-        (path / RUN_MARKER).write_text(json.dumps(run_args, indent=2, default=str) + "\n")
+        try:
+            if overwrite:
+                for name in (CHECKPOINT_DIR, LOG_DIR):
+                    if (path / name).exists():
+                        (path / name).rmtree()
+            path.mkdir(parents=True, exist_ok=True)
+            (path / RUN_MARKER).write_text(json.dumps(run_args, indent=2, default=str) + "\n")
+        except OSError as error:
+            raise OutputDirError(f"output_dir {output_dir} is not writable: "
+                                 f"{error.strerror or error}") from error
     ocp.multihost.sync_global_processes("claim_output_dir:done")
 
 

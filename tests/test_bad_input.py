@@ -1,0 +1,228 @@
+"""Bad input through `train.py`: one clear error line, no traceback, output_dir untouched.
+
+Each case runs the real entry point (`train.main`, in process) against an
+output_dir that already holds a previous run, and checks the exact message
+(paths shown as DATA/, TOK/ and OUT/, as in docs/bad-input.md), the exit
+status, and that not one file of that run changed. One case runs as a real
+subprocess whose bad line is met deep in training, to show what reaches a
+terminal there.
+"""
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+import train
+from pipeline.config import DataConfig
+from pipeline.sources import line_batches
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DOC = os.path.join(ROOT, "docs", "bad-input.md")
+TINY = ("hidden_size=32,num_hidden_layers=1,num_attention_heads=2,intermediate_size=37,"
+        "max_position_embeddings=64")
+BAD_UTF8_LINE = 151  # 1-based line of text.txt's copy with invalid bytes
+SHORT_LINE = "Open the file."  # line 5 of text.txt: a ref index past its tokens is out of range
+
+
+def flags(tokenizer, train_file, output_dir, *extra, overrides=TINY):
+    return ["--model_type", "bert", "--config_overrides", overrides,
+            "--tokenizer_name", str(tokenizer), "--train_file", str(train_file),
+            "--output_dir", str(output_dir), "--max_seq_length", "32",
+            "--max_predictions_per_seq", "6", "--per_device_train_batch_size", "2",
+            "--per_device_eval_batch_size", "2", "--shuffle_buffer_size", "100",
+            "--max_steps", "2", "--logging_steps", "1", "--save_steps", "2", "--do_train",
+            *extra]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory, corpus_file):
+    """DATA/: the bad files, each beside good ones it differs from in one way."""
+    path = tmp_path_factory.mktemp("data")
+    lines = corpus_file.read_text(encoding="utf-8").splitlines()[:300]
+    lines[4] = SHORT_LINE
+    (path / "text.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (path / "empty.txt").write_bytes(b"")
+    (path / "blank.txt").write_text("\n  \n\t\n\n")
+    raw = [line.encode() for line in lines]
+    raw[BAD_UTF8_LINE - 1] = raw[BAD_UTF8_LINE - 1][:9] + b"\xe9t\xe9" + raw[BAD_UTF8_LINE - 1][9:]
+    (path / "latin1.txt").write_bytes(b"\n".join(raw) + b"\n")
+    records = [json.dumps({"text": line}) for line in lines]
+    (path / "malformed.jsonl").write_text(
+        "\n".join(records[:200] + ['{"text": "unterminated'] + records[201:]) + "\n")
+    (path / "no_key.jsonl").write_text(
+        "\n".join(records[:149] + [json.dumps({"body": "x"})] + records[150:]) + "\n")
+    (path / "no_column.csv").write_text(
+        "id,body\n" + "".join(f'{i},"{line}"\n' for i, line in enumerate(lines[:20])))
+    (path / "short.ref").write_text("[]\n" * 299)
+    (path / "range.ref").write_text("[]\n" * 4 + "[9]\n" + "[]\n" * 295)
+    (path / "not_json.ref").write_text("[]\n" * 6 + "[3, 4\n" + "[]\n" * 293)
+    (path / "model_dir").mkdir()
+    (path / "model_dir" / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    (path / "one_line.txt").write_text(SHORT_LINE + "\n")
+    deep = records * 4  # the malformed line lies past the first 1024-line read batch
+    deep[1100] = '{"text": "unterminated'
+    (path / "deep.jsonl").write_text("\n".join(deep) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def previous_run(tmp_path_factory, tokenizer_dir, data):
+    """A finished two-step run: the output_dir every error case must leave as it was.
+
+    Its validation set, one short line, is smaller than one batch of 8 devices.
+    """
+    out = tmp_path_factory.mktemp("previous") / "run"
+    train.main(flags(tokenizer_dir, data / "text.txt", out, "--do_eval",
+                     "--validation_file", str(data / "one_line.txt")))
+    assert (out / "checkpoints" / "2").is_dir() and (out / "run_args.json").is_file()
+    return out
+
+
+def snapshot(directory):
+    """Every file under directory, with a hash of its bytes."""
+    found = {}
+    for parent, _, names in os.walk(directory):
+        for name in names:
+            full = os.path.join(parent, name)
+            with open(full, "rb") as f:
+                found[os.path.relpath(full, directory)] = hashlib.sha256(f.read()).hexdigest()
+    return found
+
+
+def run_main(argv, capsys, monkeypatch):
+    """(exit status, the one stderr line) of train.main; fails on more lines or a traceback."""
+    monkeypatch.setattr(sys, "argv", ["train.py"])  # the program name in usage errors
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(argv)
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.out + captured.err
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1, captured.err
+    return exit_info.value.code, lines[0]
+
+
+def generic(message, data, tokenizer, out):
+    for path, name in ((data, "DATA"), (tokenizer, "TOK"), (out.resolve(), "OUT"), (out, "OUT")):
+        message = message.replace(str(path), name)
+    return message
+
+
+# (case, train_file, extra flags, exit status, the message with generic paths)
+CASES = [
+    ("missing file", "missing.txt", [], 1,
+     "error: data file 'DATA/missing.txt' not found"),
+    ("glob matching nothing", "shard-*.txt", [], 1,
+     "error: glob pattern 'DATA/shard-*.txt' matched no files"),
+    ("empty file", "empty.txt", [], 1,
+     "error: DATA/empty.txt: not enough training text for one batch of 16 sequences of 32 "
+     "tokens (the data is empty, only blank lines, or all held out for validation)"),
+    ("only blank lines", "blank.txt", [], 1,
+     "error: DATA/blank.txt: not enough training text for one batch of 16 sequences of 32 "
+     "tokens (the data is empty, only blank lines, or all held out for validation)"),
+    ("invalid UTF-8 (--invalid_utf8 error, the default)", "latin1.txt", [], 1,
+     f"error: DATA/latin1.txt: line {BAD_UTF8_LINE}: invalid UTF-8; pass --invalid_utf8 "
+     "replace to replace invalid bytes with U+FFFD"),
+    ("malformed JSON line", "malformed.jsonl", [], 1,
+     "error: DATA/malformed.jsonl: line 201: malformed JSON (Unterminated string starting "
+     "at: line 1 column 10 (char 9))"),
+    ("JSON line without the text column", "no_key.jsonl", [], 1,
+     "error: DATA/no_key.jsonl: line 150: expected a JSON object with key 'text'"),
+    ("CSV without the text column", "no_column.csv", [], 1,
+     "error: DATA/no_column.csv: line 1: CSV header ['id', 'body'] has no text column 'text'"),
+    ("ref file with the wrong line count", "text.txt", ["--train_ref_file", "DATA/short.ref"], 1,
+     "error: reference file DATA/short.ref does not match text file DATA/text.txt: ref line "
+     "300: missing; text line 300 (non-empty line 300) has no reference"),
+    ("ref index out of range", "text.txt", ["--train_ref_file", "DATA/range.ref"], 1,
+     "error: DATA/range.ref: reference index 9 is outside the 4 tokens (indices 1..4, CLS at "
+     f"0) of the line of DATA/text.txt: '{SHORT_LINE}'"),
+    ("ref line that is not JSON", "text.txt", ["--train_ref_file", "DATA/not_json.ref"], 1,
+     "error: reference file DATA/not_json.ref does not match text file DATA/text.txt: ref "
+     "line 7: expected a JSON list of non-negative integers, got '[3, 4'"),
+    ("tokenizer directory without a tokenizer", "text.txt",
+     ["--tokenizer_name", "DATA/model_dir"], 1,
+     "error: no tokenizer at 'DATA/model_dir': expected a directory with tokenizer.json (or a "
+     "hub name); the directory holds config.json"),
+    ("unknown model_type", "text.txt", ["--model_type", "gpt9"], 2,
+     "train.py: error: model_type must be one of bert, roberta, xlm-roberta; got 'gpt9' "
+     "(see --help)"),
+    ("max_seq_length larger than the model's positions", "text.txt",
+     ["--max_seq_length", "100"], 1,
+     "error: max_seq_length 100 is larger than the model's 64 positions "
+     "(max_position_embeddings)"),
+    ("global batch that the devices cannot split", "text.txt",
+     ["--global_train_batch_size", "50", "--gradient_accumulation_steps", "3"], 1,
+     "error: global_train_batch_size 50 cannot be split over 8 devices x 3 gradient "
+     "accumulation steps: it must be a multiple of 24"),
+    ("empty validation set", "text.txt", ["--do_eval", "--validation_file", "DATA/blank.txt"], 1,
+     "error: the validation set is empty: DATA/blank.txt has no text"),
+    ("empty held-out validation set", "text.txt",
+     ["--do_eval", "--validation_split_percentage", "0"], 1,
+     "error: the validation set is empty: no line of DATA/text.txt falls in the 0% held out "
+     "for validation; set validation_file or a larger validation_split_percentage"),
+    ("checkpoint of a different model shape", "text.txt", [], 1,
+     "error: checkpoint OUT/checkpoints/2: params/bert/embeddings/LayerNorm/bias has "
+     "shape (32,), this model expects (48,): it was written for a different model "
+     "configuration"),
+]
+
+
+@pytest.mark.parametrize("case,train_file,extra,status,expected", CASES,
+                         ids=[c[0] for c in CASES])
+def test_one_clear_error_and_output_untouched(case, train_file, extra, status, expected, data,
+                                              tokenizer_dir, previous_run, tmp_path, capsys,
+                                              monkeypatch):
+    out = tmp_path / "run"
+    shutil.copytree(previous_run, out)
+    before = snapshot(out)
+    extra = [str(data / e[len("DATA/"):]) if e.startswith("DATA/") else e for e in extra]
+    overrides = TINY.replace("hidden_size=32", "hidden_size=48") if "shape" in case else TINY
+    argv = flags(tokenizer_dir, data / train_file, out, *extra, overrides=overrides)
+    code, message = run_main(argv, capsys, monkeypatch)
+    assert (code, generic(message, data, tokenizer_dir, out)) == (status, expected)
+    assert snapshot(out) == before
+
+
+def test_every_case_is_in_the_table():
+    with open(DOC, encoding="utf-8") as f:
+        table = f.read()
+    for case, _, _, _, expected in CASES:
+        assert f"| {case} |" in table, case
+        assert f"`{expected}`" in table, case
+
+
+def test_invalid_utf8_replaced_when_asked(data):
+    config = DataConfig(train_file=str(data / "latin1.txt"), invalid_utf8="replace",
+                        validation_split_percentage=0)
+    lines = [t.decode() for b in line_batches(config, "train") for t in b["text"].numpy()]
+    assert len(lines) == 300 and "\ufffdt\ufffd" in lines[BAD_UTF8_LINE - 1]
+
+
+def test_validation_set_smaller_than_one_batch_is_padded(previous_run):
+    """One line of validation text on 8 devices: evaluated, the rest of the batch weighted 0."""
+    results = json.loads((previous_run / "eval_results.json").read_text())
+    assert results["step"] == 2
+    assert results["eval_predicted_tokens"] == 1  # 15% of the line's 4 tokens, at least one
+
+
+@pytest.mark.slow
+def test_bad_line_deep_in_training_is_one_line_in_a_terminal(data, tokenizer_dir, tmp_path):
+    """A real `python train.py`: the error surfaces mid-run, named, and the checkpoints stay."""
+    out = tmp_path / "run"
+    argv = flags(tokenizer_dir, data / "deep.jsonl", out)
+    argv[argv.index("--max_steps") + 1] = "200"
+    argv[argv.index("--save_steps") + 1] = "5"
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), *argv], cwd=ROOT,
+                            capture_output=True, text=True, timeout=240, check=False)
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "Traceback" not in result.stdout + result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error")]
+    assert errors == [f"error: {data}/deep.jsonl: line 1101: malformed JSON (Unterminated "
+                      "string starting at: line 1 column 10 (char 9))"], result.stderr[-3000:]
+    steps = sorted(int(s) for s in os.listdir(out / "checkpoints"))
+    assert steps and steps[-1] >= 5  # trained past the first read batch before meeting it

@@ -1,0 +1,115 @@
+"""Runs `train.py` as a real subprocess and reads what it logged, for the end-to-end tests.
+
+Run as a script (`python tests/train_runs.py --pause_in_checkpoint_write CONFIG`) it
+trains like `python train.py CONFIG`, except that the second checkpoint it writes
+stops, after its input state is written and before Orbax commits the step, and
+prints PAUSE_MARKER: a test can then kill the run while the step's directory is
+still a temporary one, deterministically and without a sleep in product code.
+(The second: a save first waits for the previous one, so by then this run has
+committed a checkpoint of its own.)
+"""
+
+import json
+import os
+import subprocess
+import sys
+import threading
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PAUSE_MARKER = "paused in checkpoint write:"
+PAUSE_SECONDS = 300  # a paused run that nobody kills still ends
+
+
+def write_config(path, config, output_dir):
+    """Writes config plus output_dir as a JSON config file; returns its path."""
+    path.write_text(json.dumps(dict(config, output_dir=str(output_dir))))
+    return str(path)
+
+
+def command(config_file, *, pause_in_checkpoint_write=False):
+    if pause_in_checkpoint_write:
+        return [sys.executable, os.path.abspath(__file__), "--pause_in_checkpoint_write",
+                config_file]
+    return [sys.executable, os.path.join(ROOT, "train.py"), config_file]
+
+
+def start(config_file, *, env=None, pause_in_checkpoint_write=False):
+    """A running training process whose console (stdout and stderr) is read line by line."""
+    return subprocess.Popen(
+        command(config_file, pause_in_checkpoint_write=pause_in_checkpoint_write),
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+        env=env)
+
+
+def run(config_file, timeout=240, *, env=None):
+    """(exit code, console) of a whole run."""
+    result = subprocess.run(command(config_file), cwd=ROOT, capture_output=True, text=True,
+                            timeout=timeout, check=False, env=env)
+    return result.returncode, result.stdout + result.stderr
+
+
+def read_until(process, marker):
+    """Reads the run's console until a line starting with `marker`; returns what was read."""
+    seen = []
+    for line in process.stdout:
+        seen.append(line)
+        if line.startswith(marker):
+            return "".join(seen)
+    raise AssertionError(f"the run ended before {marker!r}:\n" + "".join(seen)[-3000:])
+
+
+def finish(process, timeout=120):
+    """(exit code, the rest of the console)."""
+    rest = process.stdout.read()
+    return process.wait(timeout=timeout), rest
+
+
+def step_losses(logdir, pid):
+    """{step: train/loss} from the TensorBoard event file written by process `pid`.
+
+    Each run writes its own event file (named with its pid), so a resumed run's
+    losses are told apart from those its killed predecessor logged. Values are
+    the float32 TensorBoard stored, so equality is bitwise.
+    """
+    # Imported here: run as a script, this module must not load TensorFlow before train.py
+    # has set TensorFlow's environment.
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    from tensorboard.backend.event_processing import (  # pylint: disable=import-outside-toplevel
+        event_file_loader)
+
+    names = [n for n in os.listdir(logdir) if n.startswith("events.out.tfevents.")
+             and n.split(".")[-3] == str(pid)]
+    assert len(names) == 1, f"expected one event file of process {pid} in {logdir}: {names}"
+    losses = {}
+    for event in event_file_loader.EventFileLoader(os.path.join(logdir, names[0])).Load():
+        for value in event.summary.value:
+            if value.tag == "train/loss":
+                losses[event.step] = float(tf.make_ndarray(value.tensor))
+    return losses
+
+
+def _pause_second_checkpoint_write():
+    """Makes the input-state item of the second checkpoint block once written (see module doc)."""
+    from trainer import checkpoints  # pylint: disable=import-outside-toplevel
+
+    write = checkpoints.DataIteratorHandler.save
+    writes = []
+
+    def write_then_pause(self, directory, args):
+        write(self, directory, args)
+        writes.append(directory)
+        if len(writes) == 2:
+            print(PAUSE_MARKER, directory, flush=True)
+            threading.Event().wait(PAUSE_SECONDS)
+
+    checkpoints.DataIteratorHandler.save = write_then_pause
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, ROOT)
+    import train  # noqa: E402  (first: it sets TensorFlow's environment before TF loads)
+
+    if sys.argv[1:2] == ["--pause_in_checkpoint_write"]:
+        del sys.argv[1]
+        _pause_second_checkpoint_write()
+    train.main(sys.argv[1:])
