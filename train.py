@@ -382,6 +382,9 @@ def main(argv=None):
     except tf.errors.OpError as error:  # raised inside tf.data: bad data deep in a file
         print(f"error: {errors.message_in(error.message)}", file=sys.stderr)
         sys.exit(1)
+    except OSError as error:  # the environment, not the code: a full disk at export, say
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
     except checkpoints.Stopped as stopped:
         print(stopped.message, file=sys.stderr)
         sys.exit(stopped.exit_code)

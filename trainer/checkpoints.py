@@ -24,6 +24,7 @@ import logging
 import os
 import re
 import signal
+import sys
 import threading
 from typing import Optional
 
@@ -270,21 +271,33 @@ def _os_reason(error) -> str:
 
 
 def _quiet_background_write_errors():
-    """Drops Orbax's logged tracebacks of a failed background save.
+    """Drops the tracebacks a failed background save prints besides raising its error.
 
-    The same error is raised again in the main thread (at the next save, wait
-    or close), where it becomes one CheckpointWriteError line; the logged
-    copies would put several tracebacks on the console of a user whose disk
-    is full.
+    The error is raised again in the main thread (at the next save, wait or
+    close), where it becomes one CheckpointWriteError line. Meanwhile Orbax
+    logs it with tracebacks, and TensorStore, finishing the step's other writes
+    after Orbax closed their event loop, reports each as an unraisable
+    "Event loop is closed": a console of tracebacks for a user whose disk is full.
     """
     logger = logging.getLogger("absl")  # every absl.logging call, Orbax's included
     if not any(f is _orbax_traceback for f in logger.filters):
         logger.addFilter(_orbax_traceback)
+    if not getattr(sys.unraisablehook, "_quiet_abandoned_writes", False):
+        sys.unraisablehook = _unless_abandoned_write(sys.unraisablehook)
 
 
 def _orbax_traceback(record: logging.LogRecord) -> bool:
     """False (drop) for an Orbax log record that carries a traceback."""
     return not (record.exc_info and f"{os.sep}orbax{os.sep}" in record.pathname)
+
+
+def _unless_abandoned_write(hook):
+    def quiet_hook(unraisable):
+        error = unraisable.exc_value
+        if not (isinstance(error, RuntimeError) and str(error) == "Event loop is closed"):
+            hook(unraisable)
+    quiet_hook._quiet_abandoned_writes = True  # pylint: disable=protected-access
+    return quiet_hook
 
 
 def _path_name(path) -> str:
