@@ -238,7 +238,7 @@ def train_and_evaluate(model_args, data_args, training_args):
         print(f"Resuming from the checkpoint of step {start_step} in {ckpt.directory}", flush=True)
     if resume:
         claim()
-    state = jax_utils.replicate(state, axis_name=step_lib.AXIS)  # laid out as the step's output
+    state = step_lib.replicate(state)  # laid out as the step's output: no second compile
     del params
 
     logdir = os.path.join(output_dir, checkpoints.LOG_DIR)

@@ -99,8 +99,8 @@ def main(argv=None):
                                           weight_decay=0.01)
         schedule = schedules.schedule_from_args(training_args, total_steps=100_000)
         tx = optimizers.create_optimizer(training_args, schedule)
-        state = jax_utils.replicate(step_lib.create_train_state(params, tx, jax.random.PRNGKey(0)),
-                                    axis_name=step_lib.AXIS)
+        state = step_lib.replicate(
+            step_lib.create_train_state(params, tx, jax.random.PRNGKey(0)))
         p_train_step = step_lib.make_p_train_step(module.apply, tx, schedule)
 
         devices = jax.local_device_count()

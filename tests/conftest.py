@@ -14,7 +14,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import pytest  # noqa: E402
 
-from pipeline import corpus, vocab  # noqa: E402
+from pipeline import corpus, inputs, tokenize, vocab as vocab_lib  # noqa: E402
 
 TEST_VOCAB_SIZE = 2000
 
@@ -31,7 +31,19 @@ def corpus_file(tmp_path_factory):
 def tokenizer_dir(tmp_path_factory, corpus_file):
     """A BERT WordPiece tokenizer trained on the corpus, saved in Hugging Face format."""
     path = tmp_path_factory.mktemp("tokenizer")
-    tokenizer = vocab.train_wordpiece([corpus_file], vocab_size=TEST_VOCAB_SIZE)
+    tokenizer = vocab_lib.train_wordpiece([corpus_file], vocab_size=TEST_VOCAB_SIZE)
     assert len(tokenizer) == TEST_VOCAB_SIZE
     tokenizer.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tokenizer_dir):
+    """The test tokenizer, loaded as the trainer loads it."""
+    return inputs.load_tokenizer(tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
+def vocab(tokenizer):
+    """Its special ids and word-continuation table, as the pipeline sees them."""
+    return tokenize.vocabulary(tokenizer)

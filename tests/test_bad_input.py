@@ -18,13 +18,13 @@ import sys
 import pytest
 
 import train
+import train_runs
 from pipeline.config import DataConfig
 from pipeline.sources import line_batches
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOC = os.path.join(ROOT, "docs", "bad-input.md")
-TINY = ("hidden_size=32,num_hidden_layers=1,num_attention_heads=2,intermediate_size=37,"
-        "max_position_embeddings=64")
+TINY = train_runs.TINY_BERT
 BAD_UTF8_LINE = 151  # 1-based line of text.txt's copy with invalid bytes
 SHORT_LINE = "Open the file."  # line 5 of text.txt: a ref index past its tokens is out of range
 

@@ -45,8 +45,7 @@ SIGKILLS = 3
 def config(corpus_file, tokenizer_dir):
     return {
         "model_type": "bert",
-        "config_overrides": "hidden_size=32,num_hidden_layers=1,num_attention_heads=2,"
-                            "intermediate_size=37,max_position_embeddings=64",
+        "config_overrides": train_runs.TINY_BERT,
         "tokenizer_name": str(tokenizer_dir),
         "train_file": str(corpus_file),
         "max_seq_length": 32,

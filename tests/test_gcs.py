@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 
 from gcs_emulator import GcsEmulator
+from train_runs import TINY_BERT
 from pipeline import inputs, sources
 from pipeline.config import DataConfig
 from trainer import args as args_lib
@@ -218,8 +219,7 @@ def test_endless_cuts_fail_naming_the_file_after_the_retry_budget(
 
 TRAIN_FLAGS = [
     "--model_type", "bert",
-    "--config_overrides", "hidden_size=32,num_hidden_layers=1,num_attention_heads=2,"
-                          "intermediate_size=64,max_position_embeddings=64",
+    "--config_overrides", TINY_BERT,
     # One example per line, all lines trained on: an epoch's steps count its lines.
     "--line_by_line", "--validation_split_percentage", "0",
     "--max_seq_length", "64", "--max_predictions_per_seq", "10",

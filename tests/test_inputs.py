@@ -16,11 +16,6 @@ D, B, L, P = 2, 4, 64, 10
 
 
 @pytest.fixture(scope="module")
-def tokenizer(tokenizer_dir):
-    return inputs.load_tokenizer(tokenizer_dir)
-
-
-@pytest.fixture(scope="module")
 def small_corpus(tmp_path_factory, corpus_file):
     path = tmp_path_factory.mktemp("small") / "small.txt"
     path.write_text("\n".join(corpus_file.read_text(encoding="utf-8").splitlines()[:2000]) + "\n",

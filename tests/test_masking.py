@@ -7,19 +7,9 @@ import pytest
 import tensorflow as tf
 
 from pipeline import config as config_lib
-from pipeline import inputs, masking, pack, tokenize
+from pipeline import masking, pack, tokenize
 
 CONFIG = config_lib.DataConfig(max_seq_length=128, line_by_line=True, seed=3)
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tokenizer_dir):
-    return inputs.load_tokenizer(tokenizer_dir)
-
-
-@pytest.fixture(scope="module")
-def vocab(tokenizer):
-    return tokenize.vocabulary(tokenizer)
 
 
 def _examples(tokenizer, vocab, corpus_file, lines, config):

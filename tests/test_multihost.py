@@ -29,6 +29,8 @@ from pipeline import config as config_lib
 from pipeline import inputs, sources
 from trainer import checkpoints
 
+import train_runs
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HOSTS = 2
 DEVICES_PER_HOST = 2
@@ -65,11 +67,6 @@ def data_config(data):
         validation_file=str(data["dir"] / "valid*.txt"),
         line_by_line=True, max_seq_length=32, max_predictions_per_seq=6,
         shuffle_buffer_size=100, seed=3)
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tokenizer_dir):
-    return inputs.load_tokenizer(tokenizer_dir)
 
 
 def host_lines(config, split, process_index):
@@ -124,9 +121,8 @@ def free_port():
 def write_configs(directory, data_config, tokenizer_dir, output_dir):
     base = {
         "model_type": "bert",
-        "config_overrides": "hidden_size=32,num_hidden_layers=1,num_attention_heads=2,"
-                            "intermediate_size=37,max_position_embeddings=64,"
-                            "hidden_dropout_prob=0,attention_probs_dropout_prob=0",
+        "config_overrides": (train_runs.TINY_BERT
+                             + ",hidden_dropout_prob=0,attention_probs_dropout_prob=0"),
         "tokenizer_name": str(tokenizer_dir),
         "train_file": data_config.train_file,
         "validation_file": data_config.validation_file,

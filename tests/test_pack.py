@@ -1,20 +1,9 @@
 """Line-by-line framing and concatenate-and-chunk packing of tokenized batches."""
 
 import numpy as np
-import pytest
 import tensorflow as tf
 
-from pipeline import inputs, pack, tokenize
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tokenizer_dir):
-    return inputs.load_tokenizer(tokenizer_dir)
-
-
-@pytest.fixture(scope="module")
-def vocab(tokenizer):
-    return tokenize.vocabulary(tokenizer)
+from pipeline import pack, tokenize
 
 
 def _tokenized(tokenizer, vocab, lines, batch_size):

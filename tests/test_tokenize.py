@@ -1,20 +1,14 @@
 """Batch tokenization inside tf.data: ids without specials and word-start flags."""
 
 import numpy as np
-import pytest
 import tensorflow as tf
 import tokenizers
 import transformers
 
-from pipeline import inputs, tokenize
+from pipeline import tokenize
 
 LINES = ["Return the sum of the arguments.", "", "Unbuffered binary streams, e.g. sockets.",
          "x"]
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tokenizer_dir):
-    return inputs.load_tokenizer(tokenizer_dir)
 
 
 def _word_starts_from_word_ids(encoding):

@@ -16,7 +16,7 @@ import train
 from trainer import checkpoints
 
 from test_monitoring import read_scalars  # TensorBoard's own event reader
-from train_runs import finish, read_until, run, start, write_config
+from train_runs import TINY_BERT, finish, read_until, run, start, write_config
 
 STEPS = 40
 GRACE_SECONDS = 30  # what a preempted Cloud VM (and Kubernetes, by default) allows after SIGTERM
@@ -26,8 +26,7 @@ GRACE_SECONDS = 30  # what a preempted Cloud VM (and Kubernetes, by default) all
 def config(corpus_file, tokenizer_dir):
     return {
         "model_type": "bert",
-        "config_overrides": "hidden_size=32,num_hidden_layers=1,num_attention_heads=2,"
-                            "intermediate_size=64,max_position_embeddings=64",
+        "config_overrides": TINY_BERT,
         "tokenizer_name": str(tokenizer_dir),
         "train_file": str(corpus_file),
         "max_seq_length": 32,

@@ -18,6 +18,9 @@ import threading
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAUSE_MARKER = "paused in checkpoint write:"
 PAUSE_SECONDS = 300  # a paused run that nobody kills still ends
+# The end-to-end tests' model: a one-layer BERT that compiles in seconds on a CPU.
+TINY_BERT = ("hidden_size=32,num_hidden_layers=1,num_attention_heads=2,intermediate_size=37,"
+             "max_position_embeddings=64")
 
 
 def write_config(path, config, output_dir):
