@@ -118,7 +118,10 @@ def _chunks(iterable, size):
 def write_refs(input_path, tokenizer, output_path, workers=1):
     """Writes the ref file for `input_path`; returns the number of lines written."""
     count = 0
-    with open(output_path, "w", encoding="utf-8") as out, multiprocessing.Pool(
+    # Spawned, not forked: the caller may be running threads (TensorFlow, JAX) that a fork
+    # would copy mid-lock.
+    spawn = multiprocessing.get_context("spawn")
+    with open(output_path, "w", encoding="utf-8") as out, spawn.Pool(
             workers, initializer=_init_worker, initargs=(tokenizer,)) as pool:
         for refs in pool.imap(_chunk_refs, _chunks(_non_empty_lines(input_path), _CHUNK_LINES)):
             out.writelines(json.dumps(ref) + "\n" for ref in refs)
