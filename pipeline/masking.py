@@ -54,27 +54,27 @@ def _choose(candidate, unit, budget, max_predictions, seed):
     order_sizes = tf.gather(tf.pad(sizes, [[0, 0], [0, tf.shape(keys)[1] - length]]), order,
                             batch_dims=1)
     taken = (tf.cumsum(order_sizes, axis=1) <= budget[:, None]) & (top_keys >= 0)
-    taken_unit = tf.where(taken, order, -1)
-    hit = tf.reduce_any(unit[:, None, :] == taken_unit[:, :, None], axis=1)
-    return candidate & hit
+    # A per-unit table of taken flags (column `length` for "none"), read back per token.
+    table_rows = tf.broadcast_to(tf.range(batch)[:, None], tf.shape(order))
+    slots = tf.stack([table_rows, tf.where(taken, order, length)], axis=-1)
+    table = tf.scatter_nd(slots, tf.cast(taken, tf.int32), [batch, length + 1])
+    flat_units = tf.where(candidate, unit, length) + table_rows[:, :1] * (length + 1)
+    return tf.gather(tf.reshape(table, [-1]), flat_units) > 0
 
 
 def _gather_form(chosen, max_predictions):
     """The chosen positions of each row in increasing order, padded to max_predictions.
 
-    The k-th chosen token of a row lands in slot k through a segment sum (much
-    cheaper than a top_k on CPU); fewer than max_predictions are chosen.
+    Also returns each token's slot (its rank among the row's chosen tokens).
+    Slot k holds the first position whose running count reaches k + 1: a
+    binary search per slot, much cheaper than a top_k or a scatter on CPU.
     """
-    batch, length = tf.shape(chosen)[0], tf.shape(chosen)[1]
-    slot = tf.cumsum(tf.cast(chosen, tf.int32), axis=1) - 1
-    segments = tf.where(chosen, tf.range(batch)[:, None] * max_predictions + slot,
-                        batch * max_predictions)
-    columns = tf.broadcast_to(tf.range(length)[None, :], tf.shape(chosen))
-    positions = tf.math.unsorted_segment_sum(
-        tf.reshape(columns, [-1]), tf.reshape(segments, [-1]), batch * max_predictions + 1)
-    positions = tf.reshape(positions[:-1], [batch, max_predictions])
-    count = tf.reduce_sum(tf.cast(chosen, tf.int32), axis=1)
-    return positions, tf.range(max_predictions)[None, :] < count[:, None]
+    batch = tf.shape(chosen)[0]
+    running = tf.cumsum(tf.cast(chosen, tf.int32), axis=1)
+    ranks = tf.broadcast_to(tf.range(1, max_predictions + 1)[None, :], [batch, max_predictions])
+    weights = ranks <= running[:, -1:]
+    positions = tf.searchsorted(running, ranks, side="left", out_type=tf.int32)
+    return tf.where(weights, positions, 0), weights, running - 1
 
 
 def masker(vocab, config, *, whole_words, process_index=0):
@@ -107,19 +107,19 @@ def masker(vocab, config, *, whole_words, process_index=0):
         unit = _unit_ids(candidate, batch["word_starts"], whole_words)
         chosen = _choose(candidate, unit, budget, max_predictions, seeds[0])
 
-        positions, weights = _gather_form(chosen, max_predictions)
+        positions, weights, slot = _gather_form(chosen, max_predictions)
         originals = tf.where(weights, tf.gather(ids, positions, batch_dims=1), 0)
 
-        # 80/10/10 is drawn for the max_predictions slots only, then scattered back.
+        # 80/10/10 is drawn for the max_predictions slots only, then read back per token.
         action = tf.random.stateless_uniform(tf.shape(positions), seeds[1])
         random_ids = tf.gather(replacements, tf.random.stateless_uniform(
             tf.shape(positions), seeds[2], maxval=tf.size(replacements), dtype=tf.int32))
         shown = tf.where(action < mask_prob, vocab.mask_id,
                          tf.where(action < random_prob, random_ids, originals))
-        rows = tf.broadcast_to(tf.range(tf.shape(ids)[0])[:, None], tf.shape(positions))
-        slots = tf.boolean_mask(tf.stack([rows, positions], axis=-1), weights)
+        rows = tf.range(tf.shape(ids)[0])[:, None] * max_predictions
+        shown = tf.gather(tf.reshape(shown, [-1]), rows + tf.maximum(slot, 0))
         return {
-            "input_ids": tf.tensor_scatter_nd_update(ids, slots, tf.boolean_mask(shown, weights)),
+            "input_ids": tf.where(chosen, shown, ids),
             "attention_mask": tf.cast(real, tf.int32),
             "token_type_ids": tf.zeros_like(ids),
             "labels": tf.where(chosen, ids, IGNORE_INDEX),

@@ -50,23 +50,34 @@ def packed(tokenized, vocab, max_seq_length, keep_remainder=False):
         stream_starts = tf.concat([starts, tf.ones([rows, 1], tf.bool)], axis=1).flat_values
         return {"ids": stream, "word_starts": stream_starts, "flush": False}
 
+    def blocks(ids, starts, rows):
+        """[CLS] block [SEP] for `rows` full blocks of `room` tokens: dense, no padding."""
+        edge = tf.ones([rows, 1], tf.bool)
+        return {
+            "input_ids": tf.concat([tf.fill([rows, 1], tf.constant(vocab.cls_id, tf.int32)),
+                                    tf.reshape(ids, [rows, room]),
+                                    tf.fill([rows, 1], tf.constant(vocab.sep_id, tf.int32))], 1),
+            "word_starts": tf.concat([edge, tf.reshape(starts, [rows, room]), edge], 1),
+        }
+
     def cut(carry, element):
         ids = tf.concat([carry[0], element["ids"]], axis=0)
         starts = tf.concat([carry[1], element["word_starts"]], axis=0)
         size = tf.size(ids, out_type=tf.int64)
         full = size // room
         used = full * room
-        lengths = tf.fill([full], tf.constant(room, tf.int64))
+        examples = blocks(ids[:used], starts[:used], full)
         if keep_remainder:
-            tail = tf.where(element["flush"], size - used, tf.zeros_like(size))
-            tail = tf.reshape(tail, [1])
-            lengths = tf.concat([lengths, tf.boolean_mask(tail, tail > 0)], axis=0)
-            tail = tail[0]
-            used += tail
-        content = tf.RaggedTensor.from_row_lengths(ids[:used], lengths, validate=False)
-        content_starts = tf.RaggedTensor.from_row_lengths(starts[:used], lengths, validate=False)
-        return (ids[used:], starts[used:]), _frame(content, content_starts, vocab,
-                                                   max_seq_length)
+            tail = tf.reshape(tf.where(element["flush"], size - used, tf.zeros_like(size)), [1])
+            tail = tf.boolean_mask(tail, tail > 0)
+            end = used + tf.reduce_sum(tail)
+            last = _frame(tf.RaggedTensor.from_row_lengths(ids[used:end], tail, validate=False),
+                          tf.RaggedTensor.from_row_lengths(starts[used:end], tail,
+                                                           validate=False),
+                          vocab, max_seq_length)
+            examples = {key: tf.concat([examples[key], last[key]], 0) for key in examples}
+            used = end
+        return (ids[used:], starts[used:]), examples
 
     streams = tokenized.map(with_separators, num_parallel_calls=tf.data.AUTOTUNE)
     if keep_remainder:
