@@ -30,7 +30,7 @@ from model import configuration  # noqa: E402
 from pipeline import errors, inputs, sources  # noqa: E402
 from pipeline.errors import InputError  # noqa: E402
 from trainer import args as args_lib  # noqa: E402
-from trainer import checkpoints, monitoring, optimizers, schedules  # noqa: E402
+from trainer import checkpoints, monitoring, optimizers, run_dir, schedules, stopping  # noqa: E402
 from trainer import step as step_lib  # noqa: E402
 
 
@@ -185,7 +185,7 @@ def train_and_evaluate(model_args, data_args, training_args):
     is_chief = jax.process_index() == 0
     output_dir = training_args.output_dir
     hparams = args_lib.hparams(model_args, data_args, training_args)
-    resume = checkpoints.check_output_dir(output_dir, overwrite=training_args.overwrite_output_dir)
+    resume = run_dir.check_output_dir(output_dir, overwrite=training_args.overwrite_output_dir)
 
     # Tokenizer and model.
     tokenizer_name = model_args.tokenizer_name or model_args.model_name_or_path
@@ -226,7 +226,7 @@ def train_and_evaluate(model_args, data_args, training_args):
     # Restore. Nothing is written to output_dir before this point; when resuming, it is
     # claimed only once its checkpoint has been read, so a checkpoint of another model shape
     # fails leaving the directory as it was.
-    claim = functools.partial(checkpoints.claim_output_dir, output_dir,
+    claim = functools.partial(run_dir.claim_output_dir, output_dir,
                               overwrite=training_args.overwrite_output_dir, run_args=hparams)
     if not resume:
         claim()
@@ -241,13 +241,13 @@ def train_and_evaluate(model_args, data_args, training_args):
     state = step_lib.replicate(state)  # laid out as the step's output: no second compile
     del params
 
-    logdir = os.path.join(output_dir, checkpoints.LOG_DIR)
+    logdir = os.path.join(output_dir, run_dir.LOG_DIR)
     tokens_per_step = train_batch * jax.device_count() * data_args.max_seq_length
     monitor = monitoring.Monitor(
         logdir, total_steps=total_steps, start_step=start_step,
         logging_steps=training_args.logging_steps, tokens_per_step=tokens_per_step,
         hparams=hparams, profile_steps=training_args.profile_steps)
-    stop = checkpoints.StopRequest(sync_every=training_args.logging_steps)
+    stop = stopping.StopRequest(sync_every=training_args.logging_steps)
     eval_results, baseline = {}, None
 
     def run_eval(at_step):
@@ -279,8 +279,8 @@ def train_and_evaluate(model_args, data_args, training_args):
                 jax.block_until_ready(in_flight.popleft())
             step += 1
             monitor.step_done(step)
-            stopping = stop.requested(step)
-            saving = step % training_args.save_steps == 0 or step == total_steps or stopping
+            stop_now = stop.requested(step)
+            saving = step % training_args.save_steps == 0 or step == total_steps or stop_now
             if step % training_args.logging_steps == 0 or saving:  # also checks before a save
                 summary, losses = summarize(window)
                 bad = [i for i, loss in enumerate(losses) if not math.isfinite(loss)]
@@ -292,13 +292,13 @@ def train_and_evaluate(model_args, data_args, training_args):
                 window = []
                 monitor.write_train(step, summary)
             if do_eval and step % training_args.eval_steps == 0 and step < total_steps and (
-                    not stopping):  # a stop must save within the grace period
+                    not stop_now):  # a stop must save within the grace period
                 run_eval(step)
             if saving:
                 with monitor.timed("checkpoint"):
-                    ckpt.save(step, state, train_data, wait=stopping)
-            if stopping:
-                raise checkpoints.Stopped(
+                    ckpt.save(step, state, train_data, wait=stop_now)
+            if stop_now:
+                raise stopping.Stopped(
                     stop.exit_code(), f"stopped by {stop.name} after step {step}; saved "
                     f"{_checkpoint_text(ckpt)}. Rerun the same command to resume.")
         if do_eval:
@@ -385,7 +385,7 @@ def main(argv=None):
     except OSError as error:  # the environment, not the code: a full disk at export, say
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
-    except checkpoints.Stopped as stopped:
+    except stopping.Stopped as stopped:
         print(stopped.message, file=sys.stderr)
         sys.exit(stopped.exit_code)
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from trainer import checkpoints
+from trainer import checkpoints, run_dir, stopping
 
 
 def shuffled_batches():
@@ -63,7 +63,7 @@ def test_keeps_the_last_n_checkpoints(tmp_path, monkeypatch):
     ckpt.wait()
     assert ckpt.all_steps() == [3, 4]
     ckpt.close()
-    assert sorted(os.listdir(tmp_path / "run" / checkpoints.CHECKPOINT_DIR)) == ["3", "4"]
+    assert sorted(os.listdir(tmp_path / "run" / run_dir.CHECKPOINT_DIR)) == ["3", "4"]
 
 
 def test_checkpoint_of_another_model_is_a_clear_error(tmp_path):
@@ -89,30 +89,30 @@ def test_output_dir_guard(tmp_path):
     foreign.mkdir()
     (foreign / "notes.txt").write_text("mine")
     before = snapshot(foreign)
-    with pytest.raises(checkpoints.OutputDirError, match="notes.txt.*--overwrite_output_dir"):
-        checkpoints.check_output_dir(foreign, overwrite=False)
+    with pytest.raises(run_dir.OutputDirError, match="notes.txt.*--overwrite_output_dir"):
+        run_dir.check_output_dir(foreign, overwrite=False)
     assert snapshot(foreign) == before and os.listdir(foreign) == ["notes.txt"]
 
     fresh = tmp_path / "fresh"
-    assert checkpoints.check_output_dir(fresh, overwrite=False) is False
+    assert run_dir.check_output_dir(fresh, overwrite=False) is False
     assert not fresh.exists()  # checking writes nothing
-    checkpoints.claim_output_dir(fresh, overwrite=False, run_args={"a": 1})
-    assert json.loads((fresh / checkpoints.RUN_MARKER).read_text()) == {"a": 1}
-    (fresh / checkpoints.CHECKPOINT_DIR).mkdir()
-    assert checkpoints.check_output_dir(fresh, overwrite=False) is True
+    run_dir.claim_output_dir(fresh, overwrite=False, run_args={"a": 1})
+    assert json.loads((fresh / run_dir.RUN_MARKER).read_text()) == {"a": 1}
+    (fresh / run_dir.CHECKPOINT_DIR).mkdir()
+    assert run_dir.check_output_dir(fresh, overwrite=False) is True
 
     # Overwrite starts afresh: our checkpoints go, other files stay.
-    assert checkpoints.check_output_dir(fresh, overwrite=True) is False
-    checkpoints.claim_output_dir(fresh, overwrite=True, run_args={})
-    assert not (fresh / checkpoints.CHECKPOINT_DIR).exists()
-    assert checkpoints.check_output_dir(foreign, overwrite=True) is False
-    checkpoints.claim_output_dir(foreign, overwrite=True, run_args={})
+    assert run_dir.check_output_dir(fresh, overwrite=True) is False
+    run_dir.claim_output_dir(fresh, overwrite=True, run_args={})
+    assert not (fresh / run_dir.CHECKPOINT_DIR).exists()
+    assert run_dir.check_output_dir(foreign, overwrite=True) is False
+    run_dir.claim_output_dir(foreign, overwrite=True, run_args={})
     assert (foreign / "notes.txt").read_text() == "mine"
 
     a_file = tmp_path / "file"
     a_file.write_text("x")
-    with pytest.raises(checkpoints.OutputDirError, match="is a file"):
-        checkpoints.check_output_dir(a_file, overwrite=True)
+    with pytest.raises(run_dir.OutputDirError, match="is a file"):
+        run_dir.check_output_dir(a_file, overwrite=True)
 
 
 KILL_DURING_SAVE = textwrap.dedent("""
@@ -151,7 +151,7 @@ def test_kill_during_checkpoint_write_keeps_previous_checkpoint(tmp_path):
 
 
 def test_stop_request_turns_signals_into_a_flag():
-    stop = checkpoints.StopRequest()
+    stop = stopping.StopRequest()
     try:
         assert not stop.requested(1)
         os.kill(os.getpid(), signal.SIGTERM)

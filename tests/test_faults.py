@@ -30,7 +30,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 import train
-from trainer import checkpoints
+from trainer import checkpoints, run_dir
 
 import train_runs
 
@@ -93,7 +93,7 @@ def run_in_process(config_file):
 
 def committed_steps(output_dir):
     """Steps whose checkpoint Orbax committed (renamed from its temporary name); reads only."""
-    directory = output_dir / checkpoints.CHECKPOINT_DIR
+    directory = output_dir / run_dir.CHECKPOINT_DIR
     if not directory.exists():
         return []
     return sorted(int(name) for name in os.listdir(directory) if name.isdigit())
@@ -110,7 +110,7 @@ def error_lines(console):
 
 def stored_params(output_dir, step):
     """The parameters of a committed checkpoint, read by Orbax without a template."""
-    path = output_dir / checkpoints.CHECKPOINT_DIR / str(step) / "state"
+    path = output_dir / run_dir.CHECKPOINT_DIR / str(step) / "state"
     return ocp.StandardCheckpointer().restore(path)["params"]
 
 
@@ -132,7 +132,7 @@ def reference(tmp_path_factory, config):
     code, stderr = run_in_process(train_runs.write_config(out / "config.json", config,
                                                           output_dir))
     assert code == 0, stderr[-4000:]
-    losses = train_runs.step_losses(output_dir / checkpoints.LOG_DIR, os.getpid())
+    losses = train_runs.step_losses(output_dir / run_dir.LOG_DIR, os.getpid())
     assert sorted(losses) == list(range(1, STEPS + 1))
     return output_dir, losses
 
@@ -152,7 +152,7 @@ class Chain:
         if kind == "write":
             console = train_runs.read_until(process, train_runs.PAUSE_MARKER)
             record["paused_in"] = console.splitlines()[-1].split()[-1]
-            record["listing"] = sorted(os.listdir(self.output_dir / checkpoints.CHECKPOINT_DIR))
+            record["listing"] = sorted(os.listdir(self.output_dir / run_dir.CHECKPOINT_DIR))
             process.kill()
         elif kind in ("sigkill", "sigterm"):
             console = train_runs.read_until(process, f"train {at_step}/")
@@ -165,7 +165,7 @@ class Chain:
         record["console"] = console + rest
         record["resumed_from"] = resumed_from(record["console"])
         record["committed"] = committed_steps(self.output_dir)
-        record["losses"] = train_runs.step_losses(self.output_dir / checkpoints.LOG_DIR,
+        record["losses"] = train_runs.step_losses(self.output_dir / run_dir.LOG_DIR,
                                                   process.pid)
         self.runs.append(record)
         return record
@@ -282,7 +282,7 @@ def test_nonfinite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint
     bad, kept = int(found.group(1)), int(found.group(2))
     assert kept == bad - 1  # save_steps=1: every good step was saved, the bad one never
     assert committed_steps(output_dir) == list(range(1, bad))
-    names = os.listdir(output_dir / checkpoints.CHECKPOINT_DIR)
+    names = os.listdir(output_dir / run_dir.CHECKPOINT_DIR)
     assert not [n for n in names if n.split(".")[0] == str(bad)], names
     assert all_finite(stored_params(output_dir, kept))
 
@@ -295,7 +295,7 @@ def test_skip_nonfinite_updates_continues_and_counts_them(tmp_path, config, dive
                                                    skip_nonfinite_updates=True)
     code, stderr = run_in_process(config_file)
     assert code == 0, stderr[-3000:]
-    counted = read_scalars(output_dir / checkpoints.LOG_DIR)["train/nonfinite_updates"]
+    counted = read_scalars(output_dir / run_dir.LOG_DIR)["train/nonfinite_updates"]
     assert counted[1] == 0 and counted[STEPS_SKIPPED_FROM] == 1
     skipped = [step for step, count in counted.items() if count]
     assert skipped == list(range(STEPS_SKIPPED_FROM, 7))
@@ -329,7 +329,7 @@ def test_full_disk_is_one_error_line_and_leaves_only_complete_checkpoints(
     """A subprocess: the point is the whole console a user sees, Orbax's threads included."""
     reference_dir = reference[0]
     checkpoint_bytes = directory_bytes(
-        reference_dir / checkpoints.CHECKPOINT_DIR / str(SAVE_STEPS))
+        reference_dir / run_dir.CHECKPOINT_DIR / str(SAVE_STEPS))
     disk = tmp_path / "disk"
     disk.mkdir()
     # Room for the run's small files and one checkpoint and a half: the second cannot fit.
@@ -346,10 +346,10 @@ def test_full_disk_is_one_error_line_and_leaves_only_complete_checkpoints(
         assert "Traceback" not in console and "ERROR:" not in console, console[-3000:]
         assert errors[0] == (
             f"error: could not write the checkpoint of step {2 * SAVE_STEPS} to "
-            f"{output_dir / checkpoints.CHECKPOINT_DIR}: No space left on device; the "
+            f"{output_dir / run_dir.CHECKPOINT_DIR}: No space left on device; the "
             f"checkpoint of step {SAVE_STEPS} is kept and a rerun resumes from it"), errors[0]
         # The partial step stays under its temporary name: what a rerun sees is step 4 only.
-        names = os.listdir(output_dir / checkpoints.CHECKPOINT_DIR)
+        names = os.listdir(output_dir / run_dir.CHECKPOINT_DIR)
         assert [n for n in names if n.startswith(f"{2 * SAVE_STEPS}.")], names
         assert committed_steps(output_dir) == [SAVE_STEPS]
         mount("-o", f"remount,size={size_kb * 8}k", str(disk))  # the user frees some space

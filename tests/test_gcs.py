@@ -27,7 +27,7 @@ from train_runs import TINY_BERT
 from pipeline import inputs, sources
 from pipeline.config import DataConfig
 from trainer import args as args_lib
-from trainer import checkpoints
+from trainer import run_dir
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 BUCKET = "bkt"
@@ -284,7 +284,7 @@ def test_training_reads_every_gs_line_once_per_epoch_despite_cut_connections(
     steps, predicted = one_epoch(flags, str(bucket[0] / BUCKET / "txt" / "*.txt"))
     assert steps == lines // jax.local_device_count()
     assert f"Training {steps} steps" in console, console[-4000:]
-    scalars = read_scalars(output_dir / checkpoints.LOG_DIR)
+    scalars = read_scalars(output_dir / run_dir.LOG_DIR)
     per_step = scalars["train/predicted_tokens"]
     assert sorted(per_step) == list(range(1, steps + 1))
     # A line's predictions depend on its length: the run's total equals the local epoch's

@@ -27,7 +27,7 @@ import pytest
 import model
 from pipeline import config as config_lib
 from pipeline import inputs, sources
-from trainer import checkpoints
+from trainer import checkpoints, run_dir
 
 import train_runs
 
@@ -165,7 +165,7 @@ def start_cluster(directory, data_config, tokenizer_dir, output_dir, env, name):
 
 def committed_steps(output_dir):
     """Checkpoint steps Orbax has finished (a step's directory appears by an atomic rename)."""
-    directory = output_dir / checkpoints.CHECKPOINT_DIR
+    directory = output_dir / run_dir.CHECKPOINT_DIR
     if not directory.exists():
         return []
     return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
@@ -301,7 +301,7 @@ def test_losses_are_finite_and_the_hosts_parameters_identical(cluster):
 @pytest.mark.slow
 def test_only_process_0_writes_logs_and_exports(cluster):
     check_finished(cluster)
-    logdir = cluster["output_dir"] / checkpoints.LOG_DIR
+    logdir = cluster["output_dir"] / run_dir.LOG_DIR
     # TensorBoard names each event file events.out.tfevents.<time>.<host>.<pid>.<n>.v2.
     writers = {int(p.name.split(".")[-3]) for p in logdir.glob("events.out.tfevents.*")}
     assert writers == {cluster["killed"]["pids"][0], cluster["resumed"]["pids"][0]}

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import train
-from trainer import checkpoints
+from trainer import checkpoints, run_dir
 
 from test_monitoring import read_scalars  # TensorBoard's own event reader
 from train_runs import TINY_BERT, finish, read_until, run, start, write_config
@@ -59,7 +59,7 @@ def compilation_cache(tmp_path_factory):
 
 
 def losses(output_dir):
-    return read_scalars(os.path.join(output_dir, checkpoints.LOG_DIR))
+    return read_scalars(os.path.join(output_dir, run_dir.LOG_DIR))
 
 
 @pytest.fixture(scope="module")
@@ -86,8 +86,8 @@ def test_trains_evaluates_and_logs(uninterrupted):
     assert results["eval_loss"] == pytest.approx(scalars["eval/loss"][STEPS], rel=1e-6)
     assert results["perplexity"] == pytest.approx(np.exp(results["eval_loss"]), rel=1e-5)
     assert "tensorboard --logdir" in console and "Traceback" not in console
-    assert max(map(int, os.listdir(output_dir / checkpoints.CHECKPOINT_DIR))) == STEPS
-    traces = list((output_dir / checkpoints.LOG_DIR / "plugins" / "profile").glob("*/*.xplane.pb"))
+    assert max(map(int, os.listdir(output_dir / run_dir.CHECKPOINT_DIR))) == STEPS
+    traces = list((output_dir / run_dir.LOG_DIR / "plugins" / "profile").glob("*/*.xplane.pb"))
     assert len(traces) == 1, "expected one profile of profile_steps steps"
 
 
@@ -100,7 +100,7 @@ def test_killed_run_resumes_with_the_same_losses(tmp_path, config, uninterrupted
     # SIGKILL once a checkpoint is complete and the run is past it.
     process = start(config_file)
     read_until(process, "train 6/")
-    first_checkpoint = output_dir / checkpoints.CHECKPOINT_DIR / "4"
+    first_checkpoint = output_dir / run_dir.CHECKPOINT_DIR / "4"
     deadline = time.monotonic() + 60
     while not first_checkpoint.is_dir() and process.poll() is None:
         assert time.monotonic() < deadline, "no checkpoint of step 4"

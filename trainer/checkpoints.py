@@ -17,33 +17,22 @@ the complete new step or none of it, and the previous step stays usable.
 import collections
 import contextlib
 import dataclasses
-import errno
 import hashlib
 import json
 import logging
 import os
 import re
-import signal
 import sys
-import threading
 from typing import Optional
 
 from etils import epath
 import flax.jax_utils
 import jax
-from jax.experimental import multihost_utils
 import numpy as np
 import orbax.checkpoint as ocp
 import tensorflow as tf
 
-CHECKPOINT_DIR = "checkpoints"
-LOG_DIR = "logs"
-RUN_MARKER = "run_args.json"  # written first into every output_dir this trainer uses
-
-
-class OutputDirError(ValueError):
-    """The output directory cannot be used as asked (a user error, reported in one line)."""
-
+from trainer.run_dir import CHECKPOINT_DIR, OutputDirError
 
 class CheckpointMismatchError(ValueError):
     """A checkpoint does not fit the model or the cluster it is restored into."""
@@ -326,125 +315,3 @@ def _check_same_shapes(template, stored, where):
             raise CheckpointMismatchError(
                 f"checkpoint {where}: {path} has shape {have[path]}, this model expects "
                 f"{want[path]}: it was written for a different model configuration")
-
-
-def check_output_dir(output_dir, *, overwrite: bool) -> bool:
-    """Refuses an output_dir that holds someone else's files; returns whether to resume from it.
-
-    A directory is ours when it holds RUN_MARKER. Anything else that is not
-    empty is refused without --overwrite_output_dir. Reads only: call it on
-    every process before anything is written.
-    """
-    path = epath.Path(output_dir)
-    if path.exists() and not path.is_dir():
-        raise OutputDirError(f"output_dir {output_dir} is a file, not a directory")
-    entries = sorted(p.name for p in path.iterdir()) if path.exists() else []
-    ours = RUN_MARKER in entries
-    if entries and not ours and not overwrite:
-        shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
-        raise OutputDirError(
-            f"output_dir {output_dir} already holds files that are not from this trainer "
-            f"({shown}); pass --overwrite_output_dir to write into it, or choose another "
-            "directory")
-    _check_writable(output_dir)
-    return ours and not overwrite
-
-
-def _check_writable(output_dir):
-    """Refuses a local output_dir this process cannot write, before hours of setup or training.
-
-    Reads only (the mount flags and the permissions of the directory, or of its
-    nearest existing parent). A remote (gs://) output_dir is found out at its
-    first write, which claim_output_dir reports the same way.
-    """
-    if "://" in str(output_dir):
-        return
-    existing = os.path.abspath(output_dir)
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
-    if os.statvfs(existing).f_flag & os.ST_RDONLY:
-        reason = errno.EROFS
-    elif not os.access(existing, os.W_OK | os.X_OK):
-        reason = errno.EACCES
-    else:
-        return
-    raise OutputDirError(f"output_dir {output_dir} is not writable: {os.strerror(reason)}")
-
-
-def claim_output_dir(output_dir, *, overwrite: bool, run_args: dict):
-    """Marks output_dir as this trainer's (process 0 writes RUN_MARKER with the run's arguments).
-
-    With overwrite, our old checkpoints and logs are removed first (other
-    files stay), so training starts from scratch. All processes wait for it.
-    """
-    path = epath.Path(output_dir)
-    ocp.multihost.sync_global_processes("claim_output_dir:start")
-    if jax.process_index() == 0:
-        try:
-            if overwrite:
-                for name in (CHECKPOINT_DIR, LOG_DIR):
-                    if (path / name).exists():
-                        (path / name).rmtree()
-            path.mkdir(parents=True, exist_ok=True)
-            (path / RUN_MARKER).write_text(json.dumps(run_args, indent=2, default=str) + "\n")
-        except OSError as error:
-            raise OutputDirError(f"output_dir {output_dir} is not writable: "
-                                 f"{error.strerror or error}") from error
-    ocp.multihost.sync_global_processes("claim_output_dir:done")
-
-
-class Stopped(Exception):
-    """The run stopped early on a signal, after saving; exit_code is 128 + the signal number."""
-
-    def __init__(self, exit_code: int, message: str):
-        super().__init__(message)
-        self.exit_code, self.message = exit_code, message
-
-
-class StopRequest:
-    """Turns SIGTERM/SIGINT into a request the loop honours at a step boundary.
-
-    The handler only records the signal, so a save never starts in the middle
-    of a step. A second SIGINT falls back to the default (KeyboardInterrupt),
-    letting a user at a terminal force an exit. With several processes the
-    flags are exchanged every `sync_every` steps (a small all-gather that waits
-    for the step), so that all processes stop, and save, at the same step.
-    """
-
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-    def __init__(self, sync_every: int = 1):
-        self.signum: Optional[int] = None
-        self.sync_every = sync_every
-        self._previous: dict = {}
-        if threading.current_thread() is threading.main_thread():
-            for signum in self.SIGNALS:
-                self._previous[signum] = signal.signal(signum, self._handle)
-
-    def _handle(self, signum, frame):
-        del frame
-        if self.signum == signal.SIGINT and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.signum = signum
-
-    def requested(self, step: int) -> bool:
-        """Whether to stop after `step`; every process must call it at every step."""
-        flag = self.signum is not None
-        if jax.process_count() == 1:
-            return flag
-        if step % self.sync_every:
-            return False
-        return bool(np.any(multihost_utils.process_allgather(np.array(flag))))
-
-    @property
-    def name(self) -> str:
-        return signal.Signals(self.signum).name if self.signum else ""
-
-    def exit_code(self) -> int:
-        """The conventional status of a process ended by this signal (128 + signum)."""
-        return 128 + (self.signum or 0)
-
-    def uninstall(self):
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-        self._previous.clear()

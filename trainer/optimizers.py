@@ -51,11 +51,10 @@ def create_optimizer(training_args, schedule):
         tx = optax.lamb(schedule, b1=args.adam_beta1, b2=args.adam_beta2, eps=args.adam_epsilon,
                         weight_decay=args.weight_decay, mask=weight_decay_mask)
     elif args.optimizer == "adafactor":
-        decay = None
-        if args.weight_decay > 0:
-            def decay(count):
-                return args.weight_decay * schedule(count)
-        tx = optax.adafactor(schedule, weight_decay_rate=decay, weight_decay_mask=weight_decay_mask)
+        def decay(count):
+            return args.weight_decay * schedule(count)
+        tx = optax.adafactor(schedule, weight_decay_rate=decay if args.weight_decay > 0 else None,
+                             weight_decay_mask=weight_decay_mask)
     else:
         raise ValueError(f"optimizer must be adamw, lamb or adafactor, got {args.optimizer!r}")
     if args.max_grad_norm > 0:
