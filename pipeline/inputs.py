@@ -54,13 +54,6 @@ def _no_tokenizer(name_or_path, error):
             f"(or a hub name); {reason}")
 
 
-def _split_files(config, split):
-    """The text source and the ref file of a split (validation may be held out of train)."""
-    if split == "validation" and (config.validation_file or config.dataset_name):
-        return config.validation_file or config.dataset_name, config.validation_ref_file
-    return config.train_file or config.dataset_name, config.train_ref_file
-
-
 def _examples(config, tokenizer, vocab, split, *, process_index, process_count, shuffle,
               num_epochs, keep_remainder):
     """Fixed-length examples {"input_ids", "word_starts"} in batches of varying size."""
@@ -68,7 +61,7 @@ def _examples(config, tokenizer, vocab, split, *, process_index, process_count, 
                                  process_count=process_count, shuffle=shuffle)
     if num_epochs != 1:
         lines = lines.repeat(num_epochs)
-    text_file, ref_file = _split_files(config, split)
+    text_file, ref_file = sources.split_source(config, split)
     tokenized = tokenize.tokenize(
         lines, tokenizer, vocab, ref_source=tokenize.RefSource(text_file, ref_file),
         segmentation=config.chinese_word_segmentation)
@@ -76,7 +69,7 @@ def _examples(config, tokenizer, vocab, split, *, process_index, process_count, 
 
 
 def _masker(config, vocab, split, process_index):
-    _, ref_file = _split_files(config, split)
+    _, ref_file = sources.split_source(config, split)
     whole_words = bool(config.whole_word_masking or ref_file or config.chinese_word_segmentation)
     return masking.masker(vocab, config, whole_words=whole_words, process_index=process_index)
 
@@ -95,11 +88,9 @@ def _finish(ds, config, local_device_count, per_device_batch_size):
                                              widths[key]]) for key in _FEATURES}
 
     options = tf.data.Options()
-    options.experimental_external_state_policy = (
-        tf.data.experimental.ExternalStatePolicy.IGNORE)
     options.deterministic = True
     ds = ds.map(per_device, num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.prefetch(tf.data.AUTOTUNE).with_options(options)
+    return sources.checkpointable(ds.prefetch(tf.data.AUTOTUNE)).with_options(options)
 
 
 def train_dataset(config, tokenizer, *, per_device_batch_size, local_device_count,
@@ -186,8 +177,5 @@ def count_eval_batches(config, tokenizer, *, per_device_batch_size, local_device
     vocab = tokenize.vocabulary(tokenizer)
     host_batch = per_device_batch_size * local_device_count
     ds = _eval_batches(config, tokenizer, vocab, host_batch, process_index, process_count)
-    options = tf.data.Options()
-    options.experimental_external_state_policy = (
-        tf.data.experimental.ExternalStatePolicy.IGNORE)
-    ds = ds.map(lambda batch: 0).with_options(options)
+    ds = sources.checkpointable(ds.map(lambda batch: 0))
     return int(ds.reduce(tf.constant(0, tf.int64), lambda count, _: count + 1))

@@ -46,20 +46,39 @@ def line_batches(config, split, *, process_index=0, process_count=1, shuffle=Fal
         num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).filter(sharding.not_empty)
     if shuffle:
         ds = sharding.shuffle_lines(ds, config.shuffle_buffer_size, read_batch_size, config.seed)
+    return checkpointable(ds)
+
+
+def checkpointable(ds):
+    """ds with its iterator state checkpointable despite the pipeline's Python calls.
+
+    Parsing and tokenizing run in `numpy_function`s, which tf.data counts as
+    external state; they are pure, so the state can ignore them.
+    """
     options = tf.data.Options()
-    # Parsing may run pure Python (numpy_function); the iterator stays checkpointable.
     options.experimental_external_state_policy = (
         tf.data.experimental.ExternalStatePolicy.IGNORE)
     return ds.with_options(options)
 
 
+def split_source(config, split):
+    """(text source, reference file or None) that `split` reads.
+
+    dataset_name wins over the files, as in run_mlm_flax.py; without a
+    validation_file, validation is held out of the training files and their refs.
+    """
+    if config.dataset_name:
+        ref = config.validation_ref_file if split == "validation" else config.train_ref_file
+        return config.dataset_name, ref
+    if split == "validation" and config.validation_file:
+        return config.validation_file, config.validation_ref_file
+    return config.train_file, config.train_ref_file
+
+
 def _file_batches(config, split, **read):
     """Batches of train_file/validation_file, and which held-out side to keep (or None)."""
-    if split == "validation" and config.validation_file:
-        spec, ref, holdout = config.validation_file, config.validation_ref_file, None
-    else:
-        spec, ref = config.train_file, config.train_ref_file
-        holdout = None if config.validation_file else split
+    spec, ref = split_source(config, split)
+    holdout = None if config.validation_file else split
     files = formats.resolve_files(spec)
     fmt = formats.common_format(files)
     if ref:
@@ -103,7 +122,7 @@ def _read_files(files, fmt, column, invalid_utf8, *, process_index, process_coun
 
 def _dataset_batches(config, split, **read):
     """Batches of a TFDS ("tfds:NAME[/CONFIG]") or Hugging Face dataset, and the held-out side."""
-    ref = config.validation_ref_file if split == "validation" else config.train_ref_file
+    _, ref = split_source(config, split)
     if ref:
         raise InputError(f"reference file {ref} applies to a single .txt file, not to "
                          f"dataset {config.dataset_name}")
