@@ -266,11 +266,14 @@ def _quiet_background_write_errors():
     close), where it becomes one CheckpointWriteError line. Meanwhile Orbax
     logs it with tracebacks, and TensorStore, finishing the step's other writes
     after Orbax closed their event loop, reports each as an unraisable
-    "Event loop is closed": a console of tracebacks for a user whose disk is full.
+    "Event loop is closed", or asyncio logs it as "Future exception was never
+    retrieved": a console of tracebacks for a user whose disk is full.
     """
-    logger = logging.getLogger("absl")  # every absl.logging call, Orbax's included
-    if not any(f is _orbax_traceback for f in logger.filters):
-        logger.addFilter(_orbax_traceback)
+    for name, drop in (("absl", _orbax_traceback),  # every absl call, Orbax's included
+                       ("asyncio", _abandoned_future)):
+        logger = logging.getLogger(name)
+        if drop not in logger.filters:
+            logger.addFilter(drop)
     if not getattr(sys.unraisablehook, "_quiet_abandoned_writes", False):
         sys.unraisablehook = _unless_abandoned_write(sys.unraisablehook)
 
@@ -278,6 +281,11 @@ def _quiet_background_write_errors():
 def _orbax_traceback(record: logging.LogRecord) -> bool:
     """False (drop) for an Orbax log record that carries a traceback."""
     return not (record.exc_info and f"{os.sep}orbax{os.sep}" in record.pathname)
+
+
+def _abandoned_future(record: logging.LogRecord) -> bool:
+    """False (drop) for asyncio's report of a write future nobody waited for."""
+    return not record.getMessage().startswith("Future exception was never retrieved")
 
 
 def _unless_abandoned_write(hook):
