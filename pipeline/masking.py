@@ -7,13 +7,15 @@ later position) gets fresh masks.
 
 Per example, google-research/bert's rule picks
 `min(max_predictions_per_seq, max(1, round(n_real * mlm_probability)))`
-predictions among the non-special, non-pad tokens. Units are single tokens,
-or whole words (a word start and its continuations) when whole-word
-masking is on: units are taken in a random order while they fit in the
-budget (a unit larger than the budget is never taken), which for single
-tokens is exactly a uniform choice. Of the chosen tokens `mask_replace_prob`
-become the mask token, `random_replace_prob` a random non-special id, and
-the rest stay.
+predictions among the non-special, non-pad tokens: single tokens chosen
+uniformly, or with whole-word masking whole words (a word start and its
+continuations) taken in a random order while they fit in the budget (a
+word larger than the budget is never taken). Of the chosen tokens
+`mask_replace_prob` become the mask token, `random_replace_prob` a random
+non-special id, and the rest stay.
+
+This stage runs on every training token, so it avoids the ops that are slow
+on CPU (sorts, top_k over long rows, cumsums): see `_choose_tokens`.
 """
 
 import numpy as np
@@ -22,24 +24,21 @@ import tensorflow as tf
 IGNORE_INDEX = -100
 
 
-def _unit_ids(candidate, word_starts, whole_words):
-    """Numbers the masking units of each row 0, 1, ... in order; -1 off the candidates."""
+def _word_ids(candidate, word_starts):
+    """Numbers the words among each row's candidates 0, 1, ... in order; -1 off them."""
     previous = tf.pad(candidate[:, :-1], [[0, 0], [1, 0]])
-    starts = candidate & ~previous
-    if whole_words:
-        starts |= candidate & word_starts
-    else:
-        starts = candidate
-    unit = tf.cumsum(tf.cast(starts, tf.int32), axis=1) - 1
-    return tf.where(candidate, unit, -1)
+    starts = candidate & (word_starts | ~previous)
+    word = tf.cumsum(tf.cast(starts, tf.int32), axis=1) - 1
+    return tf.where(candidate, word, -1)
 
 
-def _choose(candidate, unit, budget, max_predictions, seed):
-    """Selects whole units in a random order while the running token count fits the budget.
+def _choose_words(candidate, word_starts, budget, max_predictions, seed):
+    """Selects whole words in a random order while the running token count fits the budget.
 
-    At most max_predictions units can fit (each has a token), so one top_k of
-    random unit keys gives the random order; no full sort is needed.
+    At most max_predictions words can fit (each has a token), so one top_k of
+    random word keys gives the random order; no full sort is needed.
     """
+    unit = _word_ids(candidate, word_starts)
     batch, length = tf.shape(unit)[0], tf.shape(unit)[1]
     rows = tf.range(batch)[:, None] * length
     segments = tf.reshape(tf.where(candidate, rows + unit, batch * length), [-1])
@@ -62,19 +61,25 @@ def _choose(candidate, unit, budget, max_predictions, seed):
     return tf.gather(tf.reshape(table, [-1]), flat_units) > 0
 
 
-def _gather_form(chosen, max_predictions):
-    """The chosen positions of each row in increasing order, padded to max_predictions.
+def _choose_tokens(candidate, budget, max_predictions, position_bits, seed):
+    """Selects min(budget, candidates) tokens of each row, uniformly at random.
 
-    Also returns each token's slot (its rank among the row's chosen tokens).
-    Slot k holds the first position whose running count reaches k + 1: a
-    binary search per slot, much cheaper than a top_k or a scatter on CPU.
+    Candidates get distinct random keys (random high bits, the position in
+    the low `position_bits`) and each row takes its `budget` largest. Adding
+    max_predictions - budget keys above all others to a row makes that
+    threshold the row's max_predictions-th largest key, the same rank in
+    every row: one NthElement finds it, at half the cost of a top_k.
     """
-    batch = tf.shape(chosen)[0]
-    running = tf.cumsum(tf.cast(chosen, tf.int32), axis=1)
-    ranks = tf.broadcast_to(tf.range(1, max_predictions + 1)[None, :], [batch, max_predictions])
-    weights = ranks <= running[:, -1:]
-    positions = tf.searchsorted(running, ranks, side="left", out_type=tf.int32)
-    return tf.where(weights, positions, 0), weights, running - 1
+    batch, length = tf.shape(candidate)[0], tf.shape(candidate)[1]
+    bits = tf.random.stateless_uniform([batch, length], seed, minval=None, maxval=None,
+                                       dtype=tf.int32)
+    high = tf.bitwise.bitwise_and(bits, 0x7FFFFFFF ^ ((1 << position_bits) - 1))  # >= 0
+    keys = tf.where(candidate, tf.bitwise.bitwise_or(high, tf.range(length)[None, :]), -1)
+    above = tf.where(tf.range(max_predictions)[None, :] < (max_predictions - budget)[:, None],
+                     tf.int32.max, -1)
+    threshold = tf.raw_ops.NthElement(input=tf.concat([keys, above], axis=1),
+                                      n=max_predictions - 1, reverse=True)
+    return candidate & (keys >= threshold[:, None])
 
 
 def masker(vocab, config, *, whole_words, process_index=0):
@@ -88,6 +93,7 @@ def masker(vocab, config, *, whole_words, process_index=0):
     is_special = tf.constant(vocab.is_special)
     replacements = tf.constant(np.flatnonzero(~vocab.is_special), tf.int32)
     max_predictions = config.max_predictions_per_seq
+    position_bits = max(1, (config.max_seq_length - 1).bit_length())
     mask_prob = config.mask_replace_prob
     random_prob = config.mask_replace_prob + config.random_replace_prob
     if not 0 <= mask_prob <= random_prob <= 1:
@@ -104,27 +110,35 @@ def masker(vocab, config, *, whole_words, process_index=0):
         n_real = tf.reduce_sum(tf.cast(real, tf.float32), axis=1)
         budget = tf.cast(tf.round(n_real * config.mlm_probability), tf.int32)
         budget = tf.minimum(max_predictions, tf.maximum(1, budget))
-        unit = _unit_ids(candidate, batch["word_starts"], whole_words)
-        chosen = _choose(candidate, unit, budget, max_predictions, seeds[0])
+        if whole_words:
+            chosen = _choose_words(candidate, batch["word_starts"], budget, max_predictions,
+                                   seeds[0])
+        else:
+            chosen = _choose_tokens(candidate, budget, max_predictions, position_bits,
+                                    seeds[0])
 
-        positions, weights, slot = _gather_form(chosen, max_predictions)
-        originals = tf.where(weights, tf.gather(ids, positions, batch_dims=1), 0)
-
-        # 80/10/10 is drawn for the max_predictions slots only, then read back per token.
-        action = tf.random.stateless_uniform(tf.shape(positions), seeds[1])
+        # Row and position of every chosen token, in row-major order; 80/10/10 drawn per token.
+        where = tf.where(chosen)
+        originals = tf.gather_nd(ids, where)
+        count = tf.shape(where)[:1]
+        action = tf.random.stateless_uniform(count, seeds[1])
         random_ids = tf.gather(replacements, tf.random.stateless_uniform(
-            tf.shape(positions), seeds[2], maxval=tf.size(replacements), dtype=tf.int32))
+            count, seeds[2], maxval=tf.size(replacements), dtype=tf.int32))
         shown = tf.where(action < mask_prob, vocab.mask_id,
                          tf.where(action < random_prob, random_ids, originals))
-        rows = tf.range(tf.shape(ids)[0])[:, None] * max_predictions
-        shown = tf.gather(tf.reshape(shown, [-1]), rows + tf.maximum(slot, 0))
+        gathered = tf.RaggedTensor.from_value_rowids(
+            tf.stack([tf.cast(where[:, 1], tf.int32), originals], axis=1), where[:, 0],
+            nrows=tf.shape(ids, out_type=tf.int64)[0], validate=False)
+        weights = tf.range(max_predictions, dtype=tf.int64)[None, :] < (
+            gathered.row_lengths()[:, None])
+        gathered = gathered.to_tensor(shape=[None, max_predictions, 2])
         return {
-            "input_ids": tf.where(chosen, shown, ids),
+            "input_ids": tf.tensor_scatter_nd_update(ids, where, shown),
             "attention_mask": tf.cast(real, tf.int32),
             "token_type_ids": tf.zeros_like(ids),
             "labels": tf.where(chosen, ids, IGNORE_INDEX),
-            "masked_positions": positions,
-            "masked_ids": originals,
+            "masked_positions": gathered[:, :, 0],
+            "masked_ids": gathered[:, :, 1],
             "masked_weights": tf.cast(weights, tf.float32),
         }
 

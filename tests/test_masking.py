@@ -76,6 +76,25 @@ def test_gather_form_matches_labels(masked):
     np.testing.assert_array_equal(out["token_type_ids"], 0)
 
 
+def test_tokens_are_chosen_uniformly_over_positions(vocab):
+    rows, length = 4096, 128
+    content = np.flatnonzero(~vocab.is_special)[:1000]
+    ids = np.random.default_rng(0).choice(content, size=(rows, length)).astype(np.int32)
+    ids[:, 0], ids[:, -1] = vocab.cls_id, vocab.sep_id
+    ids[0, 3:] = vocab.pad_id  # 2 candidates, a budget of 1
+    ids[1, 1:-1] = vocab.sep_id  # no candidate at all
+    batch = {"input_ids": tf.constant(ids), "word_starts": tf.ones(ids.shape, tf.bool)}
+    mask = masking.masker(vocab, CONFIG, whole_words=False)
+    chosen = mask(tf.constant(0, tf.int64), batch)["labels"].numpy() != masking.IGNORE_INDEX
+    assert chosen[0].sum() == 1 and chosen[0, 1:3].any()
+    assert not chosen[1].any()
+    assert (chosen[2:].sum(axis=1) == 19).all()
+    per_position = chosen[2:, 1:-1].sum(axis=0)
+    expected = (rows - 2) * 19 / 126  # about 617, standard deviation about 23
+    assert np.abs(per_position - expected).max() < 5 * np.sqrt(expected)
+    assert not chosen[:, [0, -1]].any()
+
+
 def _word_spans(starts, candidate):
     """(begin, end) of every word: a start and the continuation tokens after it."""
     spans, begin = [], None
