@@ -20,7 +20,7 @@ import numpy as np
 import tensorflow as tf
 from google.protobuf.message import DecodeError
 
-from pipeline import sharding
+from pipeline import line_reader, sharding
 from pipeline.errors import InputError
 
 _GLOB_CHARS = re.compile(r"[*?\[]")
@@ -156,6 +156,8 @@ def read_file(path, fmt, compression, batch_size, column_index=0):
 
     Each carries the file and the number of its first line (CSV: data row,
     tfrecord: record), so that errors found while parsing can name both.
+    compression: a tf.data compression_type (a string or string tensor), or
+    None for a file known to be uncompressed (text is then read in chunks).
     """
     if fmt == "csv":
         batches = tf.data.experimental.CsvDataset(
@@ -164,7 +166,7 @@ def read_file(path, fmt, compression, batch_size, column_index=0):
     elif fmt == "tfrecord":
         batches = tf.data.TFRecordDataset(path, compression).batch(batch_size)
     else:
-        batches = tf.data.TextLineDataset(path, compression).batch(batch_size)
+        batches = line_reader.line_batches(path, batch_size, compression)
     return batches.enumerate().map(
         lambda i, raw: {"raw": raw, "path": path, "first": i * batch_size + 1})
 
@@ -261,7 +263,7 @@ def with_refs(text_path, ref_path, *, process_index, process_count, shuffle,
     check_refs(text_path, ref_path)
 
     def lines(path):
-        batches = tf.data.TextLineDataset(path, compression_of(path)).batch(batch_size)
+        batches = line_reader.line_batches(path, batch_size, compression_of(path) or None)
         return batches.enumerate().map(lambda i, t: sharding.keep_lines({"text": valid_utf8(
             t, invalid_utf8, path, i * batch_size + 1)})["text"]).unbatch()
 

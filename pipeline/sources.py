@@ -105,8 +105,11 @@ def _read_files(files, fmt, column, invalid_utf8, *, process_index, process_coun
         # a shuffle's seed also depends on TF's global seed, which hosts may set differently.
         names = names.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
 
+    compressed = any(compressions)
+
     def read(path, compression, col):
-        return formats.read_file(path, fmt, compression, batch_size, col)
+        return formats.read_file(path, fmt, compression if compressed else None, batch_size,
+                                 col)
 
     if len(files) == 1:
         ds = names.flat_map(read)
