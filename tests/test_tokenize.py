@@ -1,5 +1,7 @@
 """Batch tokenization inside tf.data: ids without specials and word-start flags."""
 
+import os
+
 import numpy as np
 import tensorflow as tf
 import tokenizers
@@ -76,3 +78,14 @@ def test_pipeline_ignores_truncation_left_on_the_shared_tokenizer(tokenizer):
     lines = tf.data.Dataset.from_tensors({"text": ["a b c d e f g h"]})
     batch = next(iter(tokenize.tokenize(lines, tokenizer, vocab)))
     assert batch["ids"].row_lengths().numpy().tolist() == [8]
+
+
+def test_tokenizer_thread_pool_is_off_unless_the_user_chose(tokenizer, monkeypatch):
+    lines = tf.data.Dataset.from_tensors({"text": tf.constant(LINES)})
+    vocab = tokenize.vocabulary(tokenizer)
+    monkeypatch.delenv("TOKENIZERS_PARALLELISM", raising=False)
+    tokenize.tokenize(lines, tokenizer, vocab)
+    assert os.environ["TOKENIZERS_PARALLELISM"] == "false"
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "true")
+    tokenize.tokenize(lines, tokenizer, vocab)
+    assert os.environ["TOKENIZERS_PARALLELISM"] == "true"
