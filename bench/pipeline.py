@@ -153,6 +153,9 @@ def main(argv=None):
             "cpu_us_per_token": round(cpu, 3),
             "tokenizer_cpu_us_per_token": round(limit_cpu, 3),
             "cpu_ratio": round(limit_cpu / cpu, 3),
+            # CPU seconds per second: how much of the machine each side kept busy.
+            "cores_busy": round(rate * cpu / 1e6, 2),
+            "tokenizer_cores_busy": round(limit * limit_cpu / 1e6, 2),
             "time_to_first_batch_s": round(first, 2),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
             "corpus_mb": round(os.path.getsize(train_file) / 2**20, 1),

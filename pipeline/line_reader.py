@@ -37,7 +37,7 @@ def _chunks(path, chunk_bytes):
 def _split(carry, element):
     """(partial line to carry, complete lines) of `carry + chunk`; at the end, the rest."""
     chunk, at_end = element
-    parts = tf.strings.split(tf.strings.regex_replace(carry + chunk, "\r", ""), "\n")
+    parts = tf.strings.split(carry + tf.strings.regex_replace(chunk, "\r", ""), "\n")
     return tf.cond(
         at_end,
         lambda: (tf.constant(""), tf.boolean_mask(parts, parts != "")),  # parts == [carry]
