@@ -257,19 +257,26 @@ def with_refs(text_path, ref_path, *, process_index, process_count, shuffle,
     """Text batches zipped with their Chinese reference lines (run_chinese_ref.py format).
 
     The ref file has one line per non-blank text line. Both streams drop
-    their blank lines and are re-cut into full batches, so they align.
+    their blank lines and are re-cut into full batches, so they align;
+    "ref_lines" keeps each pair's line numbers for error messages.
     """
     del shuffle, seed  # one file: nothing to reorder before the line shuffle
     check_refs(text_path, ref_path)
 
     def lines(path):
+        """{"text", "line": its number in the file} for each non-blank line."""
         batches = line_reader.line_batches(path, batch_size, compression_of(path) or None)
-        return batches.enumerate().map(lambda i, t: sharding.keep_lines({"text": valid_utf8(
-            t, invalid_utf8, path, i * batch_size + 1)})["text"]).unbatch()
 
-    ds = tf.data.Dataset.zip(lines(text_path), lines(ref_path))
-    ds = ds.batch(batch_size).map(
-        lambda t, r: {"text": t, "chinese_ref": tf.strings.strip(r)})
+        def numbered(index, text):
+            first = index * batch_size + 1
+            return sharding.keep_lines({"text": valid_utf8(text, invalid_utf8, path, first),
+                                        "line": first + tf.range(tf.size(text, tf.int64))})
+
+        return batches.enumerate().map(numbered).unbatch()
+
+    ds = tf.data.Dataset.zip(lines(text_path), lines(ref_path)).batch(batch_size)
+    ds = ds.map(lambda t, r: {"text": t["text"], "chinese_ref": tf.strings.strip(r["text"]),
+                              "ref_lines": tf.stack([t["line"], r["line"]], axis=1)})
     return sharding.shard_batches(ds, process_index, process_count)
 
 

@@ -1,7 +1,7 @@
 """Where lines come from: files, TFDS or Hugging Face datasets, as batches of text.
 
 `line_batches` is the pipeline's first stage. It yields {"text": [n]}
-(plus "chinese_ref" when the split has a reference file) with blank lines
+(plus "chinese_ref" and "ref_lines" when the split has a reference file) with blank lines
 removed, one epoch per iteration, sharded per host and optionally shuffled.
 """
 

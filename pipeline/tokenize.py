@@ -99,19 +99,24 @@ class RefSource:
     ref_file: Optional[str]
 
 
-def _apply_refs(starts, offsets, lengths, texts, refs, source):
-    """Marks the tokens that ref lists name (CLS at index 0) as word continuations."""
+def _apply_refs(starts, offsets, lengths, texts, refs, ref_lines, source):
+    """Marks the tokens that ref lists name (CLS at index 0) as word continuations.
+
+    ref_lines holds each row's (text line, ref line) numbers, for errors.
+    """
     for row, ref in enumerate(refs):
         if ref == b"[]" or not ref:
             continue
         indices = np.asarray(json.loads(ref), np.int64)
         if indices.size and (indices.min() < 1 or indices.max() > lengths[row]):
             bad = int(indices[(indices < 1) | (indices > lengths[row])][0])
+            text_line, ref_line = ref_lines[row]
             line = texts[row].decode("utf-8", "replace")
             raise InputError(
-                f"{source.ref_file}: reference index {bad} is outside the {lengths[row]} "
-                f"tokens (indices 1..{lengths[row]}, CLS at 0) of the line of "
-                f"{source.text_file}: {line[:200]!r}")
+                f"reference file {source.ref_file} does not match text file "
+                f"{source.text_file}: ref line {ref_line}: reference index {bad} is outside the "
+                f"{lengths[row]} tokens (indices 1..{lengths[row]}, CLS at 0) of text line "
+                f"{text_line}: {line[:200]!r}")
         starts[offsets[row] + indices - 1] = False
 
 
@@ -127,11 +132,13 @@ def _segment_chinese(starts, ids, offsets, lengths, texts, vocab):
             starts[begin + index] = False
 
 
-def encode_lines(backend, vocab, texts, refs=None, *, ref_source=None, segmentation=None):
+def encode_lines(backend, vocab, texts, refs=None, ref_lines=None, *, ref_source=None,
+                 segmentation=None):
     """Tokenizes a batch of lines (bytes) without special tokens.
 
     Returns flat int32 ids, int64 row lengths and flat bool word starts; the
-    first token of every line starts a word.
+    first token of every line starts a word. refs (with their [n, 2] text and
+    ref line numbers) mark Chinese word continuations.
     """
     lines = [t.decode("utf-8", "replace") for t in texts]
     encodings = backend.encode_batch_fast(lines, add_special_tokens=False)
@@ -142,7 +149,7 @@ def encode_lines(backend, vocab, texts, refs=None, *, ref_source=None, segmentat
     starts = ~vocab.is_continuation[ids]
     starts[offsets[lengths > 0]] = True
     if refs is not None:
-        _apply_refs(starts, offsets, lengths, texts, refs, ref_source)
+        _apply_refs(starts, offsets, lengths, texts, refs, ref_lines, ref_source)
     if segmentation == "jieba":
         _segment_chinese(starts, ids, offsets, lengths, texts, vocab)
     return ids, lengths, starts
@@ -217,7 +224,7 @@ def one_core_per_call():
 
 
 def tokenize(lines, tokenizer, vocab, *, ref_source=None, segmentation=None):
-    """Maps batches {"text"[, "chinese_ref"]} to {"ids", "word_starts"} ragged [n, None].
+    """Maps batches {"text"[, "chinese_ref", "ref_lines"]} to ragged {"ids", "word_starts"}.
 
     Lines that produce no tokens are dropped.
     """
@@ -230,12 +237,12 @@ def tokenize(lines, tokenizer, vocab, *, ref_source=None, segmentation=None):
     def encode(element):
         inputs = [element["text"]]
         if "chinese_ref" in element:
-            inputs.append(element["chinese_ref"])
+            inputs += [element["chinese_ref"], element["ref_lines"]]
 
-        def call(texts, refs=None):
+        def call(texts, refs=None, ref_lines=None):
             with _CALLS:
                 ids, lengths, starts = encode_lines(
-                    backend, vocab, texts, refs, ref_source=ref_source,
+                    backend, vocab, texts, refs, ref_lines, ref_source=ref_source,
                     segmentation=segmentation)
             return ids, lengths[lengths > 0], starts  # empty lines hold no ids: drop them
 

@@ -139,8 +139,9 @@ CASES = [
      "error: reference file DATA/short.ref does not match text file DATA/text.txt: ref line "
      "300: missing; text line 300 (non-empty line 300) has no reference"),
     ("ref index out of range", "text.txt", ["--train_ref_file", "DATA/range.ref"], 1,
-     "error: DATA/range.ref: reference index 9 is outside the 4 tokens (indices 1..4, CLS at "
-     f"0) of the line of DATA/text.txt: '{SHORT_LINE}'"),
+     "error: reference file DATA/range.ref does not match text file DATA/text.txt: ref line "
+     "5: reference index 9 is outside the 4 tokens (indices 1..4, CLS at 0) of text line 5: "
+     f"'{SHORT_LINE}'"),
     ("ref line that is not JSON", "text.txt", ["--train_ref_file", "DATA/not_json.ref"], 1,
      "error: reference file DATA/not_json.ref does not match text file DATA/text.txt: ref "
      "line 7: expected a JSON list of non-negative integers, got '[3, 4'"),

@@ -96,7 +96,8 @@ def _word_starts(tokenizer, config):
     if config.get("refs"):
         refs = [json.dumps(r) for r in config["refs"]]
         ds = tf.data.Dataset.zip(ds, tf.data.Dataset.from_tensor_slices(refs).batch(8)).map(
-            lambda t, r: {"text": t, "chinese_ref": r})
+            lambda t, r: {"text": t, "chinese_ref": r,
+                          "ref_lines": tf.zeros([tf.size(t), 2], tf.int64)})
     else:
         ds = ds.map(lambda t: {"text": t})
     vocab = tokenize.vocabulary(tokenizer)
@@ -116,16 +117,19 @@ def test_on_the_fly_jieba_matches_the_ref_file(zh_tokenizer):
 def test_ref_index_past_the_line_names_both_files_and_the_line(tmp_path, zh_tokenizer):
     vocab = tokenize.vocabulary(zh_tokenizer)
     source = tokenize.RefSource("corpus/zh.txt", "corpus/zh.ref")
-    with pytest.raises(InputError, match=r"corpus/zh\.ref.*index 5.*corpus/zh\.txt.*我喜欢你"):
+    message = (r"reference file corpus/zh\.ref does not match text file corpus/zh\.txt: ref "
+               r"line 6: reference index 5 .* of text line 8: '我喜欢你'")
+    with pytest.raises(InputError, match=message):
         tokenize.encode_lines(zh_tokenizer.backend_tokenizer, vocab,
                               np.array(["我喜欢你".encode()], object), np.array([b"[2, 5]"]),
-                              ref_source=source)
+                              np.array([[8, 6]]), ref_source=source)
     text = _write(tmp_path / "zh.txt", CHINESE_LINES)
     ref = _write(tmp_path / "zh.ref", ["[]", "[9]", "[]", "[]", "[40]"])
     config = config_lib.DataConfig(train_file=text, train_ref_file=ref, line_by_line=True,
                                    validation_split_percentage=0, max_seq_length=32)
     ds = inputs.train_dataset(config, zh_tokenizer, per_device_batch_size=2, local_device_count=1)
-    with pytest.raises(tf.errors.InvalidArgumentError, match=r"zh\.ref.*index 40.*zh\.txt"):
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=r"zh\.txt: ref line 5: reference index 40 .* of text line 5:"):
         next(iter(ds))
 
 
