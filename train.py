@@ -44,6 +44,10 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
+class OtherProcessFailed(RuntimeError):
+    """Another process of the cluster failed where all must agree; its own log says why."""
+
+
 def initialize_distributed(training_args):
     """Joins the JAX cluster: explicit coordinator flags, or Cloud TPU's automatic discovery."""
     if training_args.coordinator_address:
@@ -83,11 +87,30 @@ def create_model(model_args, data_args, tokenizer, seed):
     return module, params
 
 
-def cluster_max(value: int) -> int:
-    """The largest of one integer over all processes."""
+def per_process(compute) -> np.ndarray:
+    """compute()'s integer from every process, indexed by process.
+
+    A process whose compute() fails (bad data in its shard, say) still joins
+    the exchange before raising its error, and the others raise
+    OtherProcessFailed: no process is left waiting for it at a collective.
+    """
+    error = None
+    try:
+        value = int(compute())
+    except Exception as failure:  # re-raised below, once the other processes know
+        error, value = failure, 0
     if jax.process_count() == 1:
-        return int(value)
-    return int(np.max(multihost_utils.process_allgather(np.int64(value))))
+        if error is not None:
+            raise error
+        return np.array([value])
+    gathered = multihost_utils.process_allgather(np.array([value, error is not None]))
+    if error is not None:
+        raise error
+    failed = np.flatnonzero(gathered[:, 1])
+    if failed.size:
+        raise OtherProcessFailed(f"process {failed[0]} of {jax.process_count()} failed before "
+                                 "training (its own log has the error); stopping too")
+    return gathered[:, 0]
 
 
 def count_train_steps(data_config, tokenizer, training_args, per_device_batch_size):
@@ -96,12 +119,16 @@ def count_train_steps(data_config, tokenizer, training_args, per_device_batch_si
         return training_args.max_steps
     print("max_steps is not set: counting one epoch of training batches "
           "(set --max_steps to skip this pass)", flush=True)
-    epoch = inputs.train_dataset(
-        data_config, tokenizer, per_device_batch_size=per_device_batch_size,
-        local_device_count=jax.local_device_count(), process_index=jax.process_index(),
-        process_count=jax.process_count(), num_epochs=1)
-    own = int(epoch.reduce(np.int64(0), lambda count, _: count + 1))
-    batches = cluster_max(own)
+
+    def count():
+        epoch = inputs.train_dataset(
+            data_config, tokenizer, per_device_batch_size=per_device_batch_size,
+            local_device_count=jax.local_device_count(), process_index=jax.process_index(),
+            process_count=jax.process_count(), num_epochs=1)
+        return epoch.reduce(np.int64(0), lambda count, _: count + 1)
+
+    counts = per_process(count)
+    own, batches = counts[jax.process_index()], counts.max()
     if jax.process_count() > 1:  # each host's shard, visible: a shorter one repeats early
         print(f"process {jax.process_index()} of {jax.process_count()}: {own} training "
               f"batches in one epoch of its shard (the longest shard: {batches})", flush=True)
@@ -111,21 +138,28 @@ def count_train_steps(data_config, tokenizer, training_args, per_device_batch_si
     return max(1, math.ceil(training_args.num_train_epochs * batches))
 
 
-def check_first_batch(train_data, data_config, host_batch):
-    """Reads the first training batch now, so that empty or broken input fails before training.
+def first_training_batch(make_train_data, data_config, host_batch):
+    """Makes the training iterator and reads its first batch now, so that bad input fails early.
 
-    Every process learns whether any process has no batch, so all stop together.
+    Every process learns whether any process has no batch (or failed), so all
+    stop together. Returns the iterator.
     """
-    try:
-        train_data.peek()
-        empty = 0
-    except StopIteration:
-        empty = 1
-    if cluster_max(empty):
+    made = []
+
+    def missing():
+        made.append(make_train_data())
+        try:
+            made[0].peek()
+        except StopIteration:
+            return 1
+        return 0
+
+    if per_process(missing).max():
         raise InputError(
             f"{data_config.train_file or data_config.dataset_name}: not enough training text "
             f"for one batch of {host_batch} sequences of {data_config.max_seq_length} tokens "
             "(the data is empty, only blank lines, or all held out for validation)")
+    return made[0]
 
 
 def check_validation_set(num_batches, data_config):
@@ -149,8 +183,12 @@ def summarize(window):
     return {k: float(v) for k, v in merged.compute().items()}, losses
 
 
-def evaluate(p_eval_step, params, eval_data, num_batches, vocab_size, monitor):
-    """Eval metrics over the whole fixed validation set, and the most-frequent-token accuracy."""
+def evaluate(p_eval_step, params, eval_data, num_batches, vocab_size, monitor, stop):
+    """Eval metrics over the whole fixed validation set, and the most-frequent-token accuracy.
+
+    Returns (None, None) when `stop` is requested part way: a preemption
+    notice must not wait for the rest of a long evaluation.
+    """
     label_counts = np.zeros(vocab_size, np.int64)
 
     def host_batches():
@@ -167,6 +205,8 @@ def evaluate(p_eval_step, params, eval_data, num_batches, vocab_size, monitor):
             batch_metrics = p_eval_step(params, batch)
             metrics = batch_metrics if metrics is None else metrics.merge(batch_metrics)
             bar.update(i + 1)
+            if stop.requested(i + 1):  # every host has the same number of batches
+                return None, None
     if metrics is None:
         raise InputError("the validation set is empty")
     if jax.process_count() > 1:  # the baseline counts every host's labels, as the metrics do
@@ -203,14 +243,18 @@ def train_and_evaluate(model_args, data_args, training_args):
                 process_index=jax.process_index(), process_count=jax.process_count())
     total_steps = (count_train_steps(data_config, tokenizer, training_args, train_batch)
                    if do_train else 0)
-    train_data = checkpoints.DataIterator(inputs.train_dataset(
-        data_config, tokenizer, per_device_batch_size=train_batch, **host))
-    if do_train:
-        check_first_batch(train_data, data_config, train_batch * jax.local_device_count())
+
+    def make_train_data():
+        return checkpoints.DataIterator(inputs.train_dataset(
+            data_config, tokenizer, per_device_batch_size=train_batch, **host))
+
+    train_data = (first_training_batch(make_train_data, data_config,
+                                       train_batch * jax.local_device_count())
+                  if do_train else make_train_data())
     if do_eval:
         eval_batch = training_args.per_device_eval_batch_size
-        num_eval_batches = cluster_max(inputs.count_eval_batches(
-            data_config, tokenizer, per_device_batch_size=eval_batch, **host))
+        num_eval_batches = int(per_process(lambda: inputs.count_eval_batches(
+            data_config, tokenizer, per_device_batch_size=eval_batch, **host)).max())
         check_validation_set(num_eval_batches, data_config)
         eval_data = inputs.eval_dataset(data_config, tokenizer, per_device_batch_size=eval_batch,
                                         num_batches=num_eval_batches, **host)
@@ -251,15 +295,37 @@ def train_and_evaluate(model_args, data_args, training_args):
     eval_results, baseline = {}, None
 
     def run_eval(at_step):
+        """Evaluates and reports; False when a stop request cut the evaluation short."""
         nonlocal eval_results, baseline
+        if is_chief:
+            print(f"Evaluating at step {at_step} ({num_eval_batches} batches)", flush=True)
         with monitor.timed("eval"):
-            eval_results, baseline = evaluate(p_eval_step, state.params, eval_data,
-                                              num_eval_batches, module.config.vocab_size, monitor)
+            results, baseline = evaluate(p_eval_step, state.params, eval_data,
+                                         num_eval_batches, module.config.vocab_size, monitor,
+                                         stop)
+        if results is None:
+            return False
+        eval_results = results
         monitor.write_eval(at_step, eval_results)
         if is_chief:
             print(f"eval at step {at_step}: loss {eval_results['loss']:.4f}, accuracy "
                   f"{eval_results['accuracy']:.4f} (most frequent token: {baseline:.4f}), "
                   f"perplexity {eval_results['perplexity']:.2f}", flush=True)
+        return True
+
+    def log_window(window, at_step):
+        """Writes the window's train metrics, after checking its losses; returns a new window."""
+        if not window:
+            return window
+        summary, losses = summarize(window)
+        bad = [i for i, loss in enumerate(losses) if not math.isfinite(loss)]
+        if bad and not training_args.skip_nonfinite_updates:
+            raise TrainingDiverged(
+                f"the training loss is {losses[bad[0]]} at step "
+                f"{at_step - len(losses) + bad[0] + 1}; stopped, keeping "
+                f"{_checkpoint_text(ckpt)}")
+        monitor.write_train(at_step, summary)
+        return []
 
     # The loop.
     step = start_step
@@ -282,18 +348,12 @@ def train_and_evaluate(model_args, data_args, training_args):
             stop_now = stop.requested(step)
             saving = step % training_args.save_steps == 0 or step == total_steps or stop_now
             if step % training_args.logging_steps == 0 or saving:  # also checks before a save
-                summary, losses = summarize(window)
-                bad = [i for i, loss in enumerate(losses) if not math.isfinite(loss)]
-                if bad and not training_args.skip_nonfinite_updates:
-                    raise TrainingDiverged(
-                        f"the training loss is {losses[bad[0]]} at step "
-                        f"{step - len(losses) + bad[0] + 1}; stopped, keeping "
-                        f"{_checkpoint_text(ckpt)}")
-                window = []
-                monitor.write_train(step, summary)
+                window = log_window(window, step)
             if do_eval and step % training_args.eval_steps == 0 and step < total_steps and (
                     not stop_now):  # a stop must save within the grace period
-                run_eval(step)
+                if not run_eval(step):
+                    stop_now = saving = True
+                    window = log_window(window, step)
             if saving:
                 with monitor.timed("checkpoint"):
                     ckpt.save(step, state, train_data, wait=stop_now)
@@ -301,8 +361,12 @@ def train_and_evaluate(model_args, data_args, training_args):
                 raise stopping.Stopped(
                     stop.exit_code(), f"stopped by {stop.name} after step {step}; saved "
                     f"{_checkpoint_text(ckpt)}. Rerun the same command to resume.")
-        if do_eval:
-            run_eval(step)
+        if do_eval and not run_eval(step):
+            ckpt.wait()  # the final checkpoint is committed before the message names it
+            raise stopping.Stopped(
+                stop.exit_code(), f"stopped by {stop.name} during the evaluation at step "
+                f"{step}; saved {_checkpoint_text(ckpt)}. Rerun the same command to "
+                "evaluate and export.")
     finally:
         stop.uninstall()
         monitor.close()
@@ -376,7 +440,7 @@ def main(argv=None):
     model_args, data_args, training_args = args_lib.parse_args(argv)
     try:
         train_and_evaluate(model_args, data_args, training_args)
-    except (ValueError, TrainingDiverged) as error:  # InputError and our errors included
+    except (ValueError, TrainingDiverged, OtherProcessFailed) as error:  # InputError too
         print("error: " + " ".join(str(error).splitlines()), file=sys.stderr)
         sys.exit(1)
     except tf.errors.OpError as error:  # raised inside tf.data: bad data deep in a file

@@ -251,6 +251,44 @@ def test_sigterm_saves_a_checkpoint_and_exits_within_the_grace_period(chain):
           f"{stopped['exit_seconds']:.2f} s")
 
 
+@pytest.mark.slow
+def test_sigterm_during_an_evaluation_cuts_it_short_and_saves(tmp_path, config, env,
+                                                              corpus_file):
+    """Mid-training and final evaluations of the whole corpus each take seconds."""
+    output_dir = tmp_path / "run"
+    config_file = train_runs.write_config(tmp_path / "config.json", dict(
+        config, max_steps=6, save_steps=100, do_eval=True, eval_steps=3,
+        validation_file=str(corpus_file), per_device_eval_batch_size=2), output_dir)
+
+    def sigterm_in_eval(step):
+        process = train_runs.start(config_file, env=env)
+        console = train_runs.read_until(process, f"Evaluating at step {step}")
+        process.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        code, rest = train_runs.finish(process, timeout=300)
+        return code, time.monotonic() - signalled, console + rest
+
+    code, seconds, console = sigterm_in_eval(3)
+    assert code == 128 + signal.SIGTERM, console[-3000:]
+    assert seconds < GRACE_SECONDS
+    assert "stopped by SIGTERM after step 3; saved the checkpoint of step 3." in console
+    assert "eval at step 3:" not in console and committed_steps(output_dir) == [3]
+
+    code, seconds, console = sigterm_in_eval(6)  # the final evaluation
+    assert code == 128 + signal.SIGTERM, console[-3000:]
+    assert seconds < GRACE_SECONDS and resumed_from(console) == 3
+    assert ("stopped by SIGTERM during the evaluation at step 6; saved the checkpoint of "
+            "step 6. Rerun the same command to evaluate and export.") in console
+    assert not (output_dir / "model.safetensors").exists()
+
+    process = train_runs.start(config_file, env=env)
+    code, console = train_runs.finish(process, timeout=300)
+    assert code == 0, console[-3000:]
+    assert resumed_from(console) == 6 and "eval at step 6:" in console
+    assert (output_dir / "model.safetensors").exists()
+    assert "Traceback" not in console
+
+
 STEPS_SKIPPED_FROM = 2  # with absurd_learning_rate, step 2 is the first non-finite one
 
 

@@ -11,6 +11,7 @@ fails the test instead of blocking CI.
 """
 
 import collections
+import dataclasses
 import json
 import math
 import os
@@ -190,16 +191,20 @@ def finish(procs, until=None):
     return [p.returncode for p in procs]
 
 
+def cluster_env(directory):
+    return dict(os.environ,
+                XLA_FLAGS=f"--xla_force_host_platform_device_count={DEVICES_PER_HOST}",
+                JAX_PLATFORMS="cpu",
+                JAX_COMPILATION_CACHE_DIR=str(directory / "jax_cache"),
+                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory, data_config, tokenizer_dir):
     """Run 1 killed after its first checkpoint, run 2 resumed to the end: logs, pids, dirs."""
     directory = tmp_path_factory.mktemp("multihost_run")
     output_dir = directory / "out"
-    env = dict(os.environ,
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={DEVICES_PER_HOST}",
-               JAX_PLATFORMS="cpu",
-               JAX_COMPILATION_CACHE_DIR=str(directory / "jax_cache"),
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+    env = cluster_env(directory)
     runs = []
     for name, until in (("killed", lambda: committed_steps(output_dir)), ("resumed", None)):
         procs = start_cluster(directory, data_config, tokenizer_dir, output_dir, env, name)
@@ -310,3 +315,29 @@ def test_only_process_0_writes_logs_and_exports(cluster):
     assert (cluster["output_dir"] / "model.safetensors").exists()
     assert np.isfinite(json.loads(
         (cluster["output_dir"] / "eval_results.json").read_text("utf-8"))["eval_loss"])
+
+
+@pytest.mark.slow
+def test_bad_data_on_one_host_stops_every_host_with_one_error(tmp_path, data, data_config,
+                                                              tokenizer_dir):
+    """Host 1 meets invalid UTF-8 in its shard while counting; host 0 must not wait for it."""
+    bad_dir = tmp_path / "data"
+    bad_dir.mkdir()
+    for i in range(len(TRAIN_LINES)):
+        lines = (data["dir"] / f"train{i}.txt").read_bytes().splitlines(keepends=True)
+        if i == 1:  # host 1's only file
+            lines[6] = b"caf\xe9 " + lines[6]
+        (bad_dir / f"train{i}.txt").write_bytes(b"".join(lines))
+    config = dataclasses.replace(data_config, train_file=str(bad_dir / "train*.txt"))
+    output_dir = tmp_path / "out"
+    procs = start_cluster(tmp_path, config, tokenizer_dir, output_dir, cluster_env(tmp_path),
+                          "bad")
+    codes = finish(procs)
+    logs = [(tmp_path / f"bad_{i}.log").read_text("utf-8") for i in range(HOSTS)]
+    assert codes == [1, 1], "\n".join(log[-2000:] for log in logs)
+    errors = [[line for line in log.splitlines() if line.startswith("error:")] for log in logs]
+    assert errors[0] == ["error: process 1 of 2 failed before training (its own log has the "
+                         "error); stopping too"]
+    assert errors[1] == [f"error: {bad_dir / 'train1.txt'}: line 7: invalid UTF-8; pass "
+                         "--invalid_utf8 replace to replace invalid bytes with U+FFFD"]
+    assert not (output_dir / run_dir.RUN_MARKER).exists()
