@@ -363,10 +363,11 @@ def train_and_evaluate(model_args, data_args, training_args):
                     f"{_checkpoint_text(ckpt)}. Rerun the same command to resume.")
         if do_eval and not run_eval(step):
             ckpt.wait()  # the final checkpoint is committed before the message names it
+            saved = f"; saved {_checkpoint_text(ckpt)}" if do_train else ""
             raise stopping.Stopped(
                 stop.exit_code(), f"stopped by {stop.name} during the evaluation at step "
-                f"{step}; saved {_checkpoint_text(ckpt)}. Rerun the same command to "
-                "evaluate and export.")
+                f"{step}{saved}. Rerun the same command to evaluate"
+                f"{' and export' if do_train else ''}.")
     finally:
         stop.uninstall()
         monitor.close()
