@@ -383,12 +383,14 @@ def train_and_evaluate(model_args, data_args, training_args):
         print(f"process {jax.process_index()}: final parameters fingerprint "
               f"{checkpoints.fingerprint(final_params)}", flush=True)
     if is_chief:
-        if eval_results:
-            with open(os.path.join(output_dir, "eval_results.json"), "w") as f:
-                json.dump(eval_results, f, indent=2)
+        with run_dir.local_files(output_dir) as directory:
+            if eval_results:
+                with open(os.path.join(directory, "eval_results.json"), "w") as f:
+                    json.dump(eval_results, f, indent=2)
+            if do_train:
+                model.save_pretrained(directory, module, final_params)
+                tokenizer.save_pretrained(directory)
         if do_train:
-            model.save_pretrained(output_dir, module, final_params)
-            tokenizer.save_pretrained(output_dir)
             print(f"Exported the model and tokenizer (Hugging Face format) to {output_dir}")
         print(f"TensorBoard logs: {logdir}\n  open them with: tensorboard --logdir {logdir}")
         if training_args.fill_mask_samples:

@@ -84,6 +84,25 @@ def snapshot(path):
             for p in (os.path.join(root, f) for root, _, files in os.walk(path) for f in files)}
 
 
+@pytest.mark.parametrize("remote", [False, True])
+def test_local_files_reach_the_output_dir(tmp_path, remote):
+    """A remote output_dir (TensorFlow's in-memory ram:// standing in for gs://) gets copies."""
+    output_dir = f"ram://{tmp_path.name}/run" if remote else str(tmp_path / "run")
+    with run_dir.local_files(output_dir) as directory:
+        assert "://" not in directory and os.path.isdir(directory)
+        with open(os.path.join(directory, "config.json"), "w") as f:
+            f.write('{"a": 1}')
+        os.mkdir(os.path.join(directory, "sub"))
+        with open(os.path.join(directory, "sub", "weights.bin"), "wb") as f:
+            f.write(bytes(range(256)))
+    with tf.io.gfile.GFile(f"{output_dir}/config.json") as f:
+        assert f.read() == '{"a": 1}'
+    with tf.io.gfile.GFile(f"{output_dir}/sub/weights.bin", "rb") as f:
+        assert f.read() == bytes(range(256))
+    assert sorted(name.rstrip("/") for name in tf.io.gfile.listdir(output_dir)) == [
+        "config.json", "sub"]
+
+
 def test_output_dir_guard(tmp_path):
     foreign = tmp_path / "foreign"
     foreign.mkdir()

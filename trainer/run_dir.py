@@ -4,13 +4,16 @@ A directory is this trainer's when it holds RUN_MARKER. Everything here runs
 before anything is written, so a refused directory is left as it was.
 """
 
+import contextlib
 import errno
 import json
 import os
+import tempfile
 
 from etils import epath
 import jax
 import orbax.checkpoint as ocp
+import tensorflow as tf
 
 CHECKPOINT_DIR = "checkpoints"
 LOG_DIR = "logs"
@@ -84,3 +87,27 @@ def claim_output_dir(output_dir, *, overwrite: bool, run_args: dict):
             raise OutputDirError(f"output_dir {output_dir} is not writable: "
                                  f"{error.strerror or error}") from error
     ocp.multihost.sync_global_processes("claim_output_dir:done")
+
+
+@contextlib.contextmanager
+def local_files(output_dir):
+    """A local directory whose files end up in output_dir, for writers of local files only.
+
+    A local output_dir is used as it is. For a remote one (gs://), the files
+    are written to a temporary directory and copied there, with tf.io.gfile,
+    when the block ends: transformers' save_pretrained, for one, writes local
+    paths only.
+    """
+    if "://" not in str(output_dir):
+        os.makedirs(output_dir, exist_ok=True)
+        yield str(output_dir)
+        return
+    with tempfile.TemporaryDirectory() as local:
+        yield local
+        for directory, _, names in os.walk(local):
+            relative = os.path.relpath(directory, local)
+            target = str(output_dir).rstrip("/") + ("" if relative == "." else f"/{relative}")
+            tf.io.gfile.makedirs(target)
+            for name in names:
+                tf.io.gfile.copy(os.path.join(directory, name), f"{target}/{name}",
+                                 overwrite=True)
