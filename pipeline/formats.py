@@ -265,14 +265,13 @@ def with_refs(text_path, ref_path, *, process_index, process_count, shuffle,
 
     def lines(path):
         """{"text", "line": its number in the file} for each non-blank line."""
-        batches = line_reader.line_batches(path, batch_size, compression_of(path) or None)
+        def numbered(b):
+            text = valid_utf8(b["raw"], invalid_utf8, path, b["first"])
+            return sharding.keep_lines(
+                {"text": text, "line": b["first"] + tf.range(tf.size(text, tf.int64))})
 
-        def numbered(index, text):
-            first = index * batch_size + 1
-            return sharding.keep_lines({"text": valid_utf8(text, invalid_utf8, path, first),
-                                        "line": first + tf.range(tf.size(text, tf.int64))})
-
-        return batches.enumerate().map(numbered).unbatch()
+        raw = read_file(path, "txt", compression_of(path) or None, batch_size)
+        return raw.map(numbered).unbatch()
 
     ds = tf.data.Dataset.zip(lines(text_path), lines(ref_path)).batch(batch_size)
     ds = ds.map(lambda t, r: {"text": t["text"], "chinese_ref": tf.strings.strip(r["text"]),

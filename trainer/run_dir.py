@@ -1,6 +1,6 @@
 """The run's output directory: whose it is, whether it can be written, and its layout.
 
-A directory is this trainer's when it holds RUN_MARKER. Everything here runs
+A directory is this trainer's when it holds RUN_MARKER. The checks run
 before anything is written, so a refused directory is left as it was.
 """
 
@@ -53,7 +53,7 @@ def _check_writable(output_dir):
     nearest existing parent). A remote (gs://) output_dir is found out at its
     first write, which claim_output_dir reports the same way.
     """
-    if "://" in str(output_dir):
+    if _is_remote(output_dir):
         return
     existing = os.path.abspath(output_dir)
     while not os.path.exists(existing):
@@ -65,6 +65,10 @@ def _check_writable(output_dir):
     else:
         return
     raise OutputDirError(f"output_dir {output_dir} is not writable: {os.strerror(reason)}")
+
+
+def _is_remote(output_dir):
+    return "://" in str(output_dir)  # gs://bucket/..., or any other tf.io.gfile scheme
 
 
 def claim_output_dir(output_dir, *, overwrite: bool, run_args: dict):
@@ -98,7 +102,7 @@ def local_files(output_dir):
     when the block ends: transformers' save_pretrained, for one, writes local
     paths only.
     """
-    if "://" not in str(output_dir):
+    if not _is_remote(output_dir):
         os.makedirs(output_dir, exist_ok=True)
         yield str(output_dir)
         return
