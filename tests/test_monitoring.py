@@ -2,6 +2,7 @@
 
 import io
 import logging as py_logging
+import time
 
 from absl import logging
 from clu.metric_writers import logging_writer
@@ -83,6 +84,29 @@ def test_hparams_are_written_once_per_run(tmp_path):
     make_monitor(tmp_path / "resumed", 10).close()
     assert plugin_tags(tmp_path / "fresh", "hparams")
     assert not plugin_tags(tmp_path / "resumed", "hparams")
+
+
+def test_hparams_go_to_tensorboard_not_to_the_console(tmp_path, caplog):
+    with caplog.at_level(py_logging.INFO, logger="absl"):
+        make_monitor(tmp_path, 0).close()
+    assert plugin_tags(tmp_path, "hparams")
+    assert not [r for r in caplog.records if "Hyperparameters" in r.getMessage()]
+
+
+def test_throughput_leaves_out_evaluation_and_checkpoint_time(tmp_path):
+    """A logging window holding an evaluation reports the training rate, not a diluted one."""
+    monitor = make_monitor(tmp_path, 0)
+    for step in range(1, 11):
+        time.sleep(0.02)  # a "train step"
+        monitor.step_done(step)
+        if step == 7:
+            with monitor.timed("eval"):
+                time.sleep(0.5)  # 2.5x the window's training time
+        if step % 5 == 0:
+            monitor.write_train(step, {"loss": 1.0})
+    monitor.close()
+    rates = read_scalars(tmp_path)["train/tokens_per_sec"]
+    assert rates[10] > 0.6 * rates[5]  # counting the eval would give about 0.3
 
 
 def plugin_tags(logdir, plugin):

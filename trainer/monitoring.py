@@ -128,10 +128,14 @@ class Monitor:
                  tokens_per_step: int, hparams: Optional[Mapping] = None, profile_steps: int = 0):
         self.logdir = logdir
         self.is_chief = jax.process_index() == 0
-        self.writer = metric_writers.create_default_writer(
-            logdir, just_logging=not self.is_chief, asynchronous=False)
-        if hparams is not None and start_step == 0:
-            self.writer.write_hparams({k: _hparam_value(v) for k, v in hparams.items()})
+        # The console gets the metric lines; TensorBoard (process 0) also the hyperparameters,
+        # which as a console line would be kilobytes long (they are in run_args.json too).
+        self._tensorboard = metric_writers.SummaryWriter(logdir) if self.is_chief else None
+        writers = [metric_writers.LoggingWriter()] + (
+            [self._tensorboard] if self._tensorboard else [])
+        self.writer = metric_writers.MultiWriter(writers)
+        if self._tensorboard and hparams is not None and start_step == 0:
+            self._tensorboard.write_hparams({k: _hparam_value(v) for k, v in hparams.items()})
         self.tokens_per_step = tokens_per_step
         self.total_steps = total_steps
         self.report = periodic_actions.ReportProgress(
@@ -147,6 +151,7 @@ class Monitor:
                 first_profile=start_step + warmup, every_secs=None))
         self.bar = ProgressBar("train", total_steps, start=start_step, enabled=self.is_chief)
         self._mark = (start_step, time.monotonic())
+        self._paused_s = 0.0  # time in timed blocks (eval, checkpoints) since the mark
 
     def step_done(self, step: int):
         """Called after every step is dispatched: cheap, reads no device value."""
@@ -155,14 +160,19 @@ class Monitor:
         self.bar.update(step)
 
     def write_train(self, step: int, metrics: Mapping[str, float]):
-        """Writes train/<name> scalars plus throughput since the previous call."""
+        """Writes train/<name> scalars plus training throughput since the previous call.
+
+        The throughput leaves out the time spent in `timed` blocks (evaluation,
+        checkpoints), so a window with an evaluation reports the training rate.
+        """
         scalars = {f"train/{k}": float(v) for k, v in metrics.items()}
         last_step, last_time = self._mark
         now = time.monotonic()
         if step > last_step:
-            scalars["train/tokens_per_sec"] = (
-                (step - last_step) * self.tokens_per_step / max(now - last_time, 1e-9))
+            training_s = max(now - last_time - self._paused_s, 1e-9)
+            scalars["train/tokens_per_sec"] = (step - last_step) * self.tokens_per_step / training_s
         self._mark = (step, now)
+        self._paused_s = 0.0
         self.bar.clear()
         self.writer.write_scalars(step, scalars)
         self.bar.update(step, force=True, loss=float(metrics.get("loss", float("nan"))))
@@ -172,9 +182,15 @@ class Monitor:
         self.writer.write_scalars(step, {f"eval/{k}": float(v) for k, v in metrics.items()})
         self.writer.flush()
 
+    @contextlib.contextmanager
     def timed(self, name: str):
-        """Attributes the time of a block (eval, checkpoint) in the progress notes."""
-        return self.report.timed(name)
+        """Times a block that is not training (eval, checkpoint): reported apart, not in throughput."""
+        start = time.monotonic()
+        try:
+            with self.report.timed(name):
+                yield
+        finally:
+            self._paused_s += time.monotonic() - start
 
     @contextlib.contextmanager
     def eval_bar(self, num_batches: int):
