@@ -9,8 +9,11 @@ Per example, google-research/bert's rule picks
 `min(max_predictions_per_seq, max(1, round(n_real * mlm_probability)))`
 predictions among the non-special, non-pad tokens: single tokens chosen
 uniformly, or with whole-word masking whole words (a word start and its
-continuations) taken in a random order while they fit in the budget (a
-word larger than the budget is never taken). Of the chosen tokens
+continuations) taken in a random order while they fit in the budget. A row
+whose words are all larger than its budget (a short line of multi-character
+Chinese words, say) still gets one word, a smallest one, so that every row
+with a word of at most max_predictions_per_seq tokens is predicted at least
+once, as the single-token rule promises. Of the chosen tokens
 `mask_replace_prob` become the mask token, `random_replace_prob` a random
 non-special id, and the rest stay.
 
@@ -45,6 +48,7 @@ def _choose_words(candidate, word_starts, budget, max_predictions, seed):
     sizes = tf.math.unsorted_segment_sum(
         tf.ones_like(segments), segments, batch * length + 1)[:-1]
     sizes = tf.reshape(sizes, [batch, length])
+    budget = _at_least_one_word(sizes, budget, max_predictions)
     usable = (sizes > 0) & (sizes <= budget[:, None])
     keys = tf.where(usable, tf.random.stateless_uniform([batch, length], seed), -1.0)
     keys = tf.pad(keys, [[0, 0], [0, tf.maximum(0, max_predictions - length)]],
@@ -59,6 +63,18 @@ def _choose_words(candidate, word_starts, budget, max_predictions, seed):
     table = tf.scatter_nd(slots, tf.cast(taken, tf.int32), [batch, length + 1])
     flat_units = tf.where(candidate, unit, length) + table_rows[:, :1] * (length + 1)
     return tf.gather(tf.reshape(table, [-1]), flat_units) > 0
+
+
+def _at_least_one_word(sizes, budget, max_predictions):
+    """Each row's budget, raised to its smallest word's size where no word fits in it.
+
+    Capped at max_predictions (the gather form's width): a row whose every
+    word is longer than that gets no prediction.
+    """
+    words = sizes > 0
+    smallest = tf.reduce_min(tf.where(words, sizes, max_predictions + 1), axis=1)
+    fits = tf.reduce_any(words & (sizes <= budget[:, None]), axis=1)
+    return tf.where(fits, budget, tf.minimum(smallest, max_predictions))
 
 
 def _choose_tokens(candidate, budget, max_predictions, position_bits, seed):

@@ -122,6 +122,35 @@ def test_whole_word_masking_takes_whole_words(tokenizer, vocab, corpus_file):
     assert multi_token_words > 50
 
 
+def test_whole_word_masking_predicts_a_word_larger_than_a_short_rows_budget(vocab):
+    """Rows of 4 content tokens have a budget of 1; their words are 2 and 3 tokens long.
+
+    Each such row still gets exactly one whole word, a smallest one; only a
+    row whose every word exceeds max_predictions_per_seq gets none.
+    """
+    config = dataclasses.replace(CONFIG, max_seq_length=8, max_predictions_per_seq=3)
+    word = np.flatnonzero(~vocab.is_special & ~vocab.is_continuation)[:4].tolist()
+    cls, sep, pad = vocab.cls_id, vocab.sep_id, vocab.pad_id
+    ids = tf.constant([[cls, *word[:4], sep, pad, pad],  # words of 2 + 2 tokens
+                       [cls, *word[:4], sep, pad, pad],  # words of 1 + 3 tokens
+                       [cls, *word[:4], sep, pad, pad],  # one word of 4 > 3 tokens
+                       [cls, *word[:4], *word[:2], sep]], tf.int32)  # 3 + 3: budget 1
+    t, f = True, False
+    starts = tf.constant([[t, t, f, t, f, t, t, t],
+                          [t, t, t, f, f, t, t, t],
+                          [t, t, f, f, f, t, t, t],
+                          [t, t, f, f, t, f, f, t]])
+    mask = masking.masker(vocab, config, whole_words=True)
+    for index in range(20):  # several random draws
+        out = mask(tf.constant(index, tf.int64), {"input_ids": ids, "word_starts": starts})
+        chosen = (out["labels"].numpy() != masking.IGNORE_INDEX)
+        assert chosen[0].sum() == 2 and (chosen[0, 1:3].all() or chosen[0, 3:5].all())
+        assert chosen[1].tolist() == [f, t, f, f, f, f, f, f]  # the 1-token word fits
+        assert not chosen[2].any()
+        assert chosen[3].sum() == 3 and (chosen[3, 1:4].all() or chosen[3, 4:7].all())
+        assert out["masked_weights"].numpy().sum(axis=1).tolist() == [2, 1, 0, 3]
+
+
 def test_masks_are_stateless_in_the_stream_position(tokenizer, vocab, corpus_file):
     batch = next(iter(_examples(tokenizer, vocab, corpus_file, 300, CONFIG)))
     mask = masking.masker(vocab, CONFIG, whole_words=False)
