@@ -18,6 +18,7 @@ is IGNORE, and all randomness is stateless.
 
 import os
 
+import huggingface_hub
 import tensorflow as tf
 import transformers
 
@@ -43,15 +44,32 @@ def load_tokenizer(name_or_path):
 
 
 def _no_tokenizer(name_or_path, error):
-    """One line that says what was found instead (transformers' own text runs to many lines)."""
+    """One line that says what was found instead (transformers' own text runs to many lines).
+
+    A path that cannot be a Hub name ('runs/x/tokenizer', './tok') is a
+    missing directory; transformers would call it a malformed repository id.
+    """
     if os.path.isdir(name_or_path):
         files = sorted(os.listdir(name_or_path))
         shown = ", ".join(files[:5]) + (", ..." if len(files) > 5 else "")
         reason = f"the directory holds {shown or 'nothing'}"
+    elif not _could_be_hub_name(str(name_or_path)):
+        reason = "the directory does not exist"
+    elif "couldn't connect" in str(error).lower():
+        reason = ("there is no such directory, and the Hugging Face Hub cannot be reached "
+                  "(no network)")
     else:
         reason = str(error).strip().splitlines()[0]
     return (f"no tokenizer at {str(name_or_path)!r}: expected a directory with tokenizer.json "
             f"(or a hub name); {reason}")
+
+
+def _could_be_hub_name(name):
+    try:
+        huggingface_hub.utils.validate_repo_id(name)
+    except huggingface_hub.utils.HFValidationError:
+        return False
+    return True
 
 
 def _examples(config, tokenizer, vocab, split, *, process_index, process_count, shuffle,

@@ -149,6 +149,14 @@ CASES = [
      ["--tokenizer_name", "DATA/model_dir"], 1,
      "error: no tokenizer at 'DATA/model_dir': expected a directory with tokenizer.json (or a "
      "hub name); the directory holds config.json"),
+    ("missing tokenizer directory", "text.txt", ["--tokenizer_name", "DATA/no_tokenizer"], 1,
+     "error: no tokenizer at 'DATA/no_tokenizer': expected a directory with tokenizer.json (or "
+     "a hub name); the directory does not exist"),
+    ("tokenizer Hub name without a network", "text.txt",
+     ["--tokenizer_name", "some-org/some-tokenizer"], 1,
+     "error: no tokenizer at 'some-org/some-tokenizer': expected a directory with "
+     "tokenizer.json (or a hub name); there is no such directory, and the Hugging Face Hub "
+     "cannot be reached (no network)"),
     ("unknown model_type", "text.txt", ["--model_type", "gpt9"], 2,
      "train.py: error: model_type must be one of bert, roberta, xlm-roberta; got 'gpt9' "
      "(see --help)"),
