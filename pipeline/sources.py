@@ -5,6 +5,7 @@
 removed, one epoch per iteration, sharded per host and optionally shuffled.
 """
 
+import difflib
 import itertools
 import os
 
@@ -157,10 +158,14 @@ def _tfds_batches(config, split, *, process_index, process_count, shuffle, seed,
     name = config.dataset_name[len("tfds:"):]
     if config.dataset_config_name and "/" not in name:
         name = f"{name}/{config.dataset_config_name}"
+    data_dir = os.environ.get("TFDS_DATA_DIR") or tfds.core.constants.DATA_DIR
     try:
-        builder = tfds.builder(name, data_dir=os.environ.get("TFDS_DATA_DIR"))
-    except ValueError as e:  # also tfds's DatasetNotFoundError and unknown configs
-        raise InputError(f"TFDS dataset {name!r} not found: {e}") from e
+        builder = tfds.builder(name, data_dir=data_dir)
+    except tfds.core.registered.DatasetNotFoundError as e:  # its text lists the whole catalogue
+        raise InputError(_tfds_not_found(name, data_dir, tfds.list_builders())) from e
+    except ValueError as e:  # an unknown config, say
+        raise InputError(f"TFDS dataset {name!r} not found: "
+                         f"{str(e).strip().splitlines()[0]}") from e
     if not builder.is_prepared():
         raise InputError(f"TFDS dataset {name!r} is not prepared in {builder.data_dir}; "
                          "build it first (this trainer never downloads)")
@@ -174,6 +179,17 @@ def _tfds_batches(config, split, *, process_index, process_count, shuffle, seed,
         shuffle_files=shuffle, read_config=read_config)
     column = config.text_column
     return ds.batch(batch_size).map(lambda ex: {"text": ex[column]}), holdout
+
+
+def _tfds_not_found(name, data_dir, registered):
+    """One line: where the dataset was looked for, and the nearest names prepared or known."""
+    prepared = tf.io.gfile.listdir(data_dir) if tf.io.gfile.isdir(data_dir) else []
+    prepared = [entry.rstrip("/") for entry in prepared]
+    known = dict.fromkeys(prepared + list(registered))  # ordered, without duplicates
+    nearest = difflib.get_close_matches(name.split("/")[0], known, n=3, cutoff=0.6)
+    hint = (f"nearest names: {', '.join(nearest)}" if nearest else
+            "no similar name there or in the TFDS catalogue")
+    return f"TFDS dataset {name!r} not found in TFDS_DATA_DIR ({data_dir}); {hint}"
 
 
 def _load_hf(config):

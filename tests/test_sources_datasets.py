@@ -80,8 +80,15 @@ def test_tfds_errors(tfds_dir, monkeypatch):
     with pytest.raises(InputError, match="has no feature 'body'"):
         line_batches(DataConfig(dataset_name="tfds:sources_tiny_text/full",
                                 text_column="body"), "train")
-    with pytest.raises(InputError, match="not found"):
+    with pytest.raises(InputError, match="not found") as missing:
         line_batches(DataConfig(dataset_name="tfds:no_such_dataset_here"), "train")
+    assert str(missing.value) == (f"TFDS dataset 'no_such_dataset_here' not found in "
+                                  f"TFDS_DATA_DIR ({tfds_dir}); no similar name there or in the "
+                                  "TFDS catalogue")
+    with pytest.raises(InputError) as misspelt:
+        line_batches(DataConfig(dataset_name="tfds:sources_tiny_txet/full"), "train")
+    assert str(misspelt.value) == (f"TFDS dataset 'sources_tiny_txet/full' not found in "
+                                   f"TFDS_DATA_DIR ({tfds_dir}); nearest names: sources_tiny_text")
 
 
 def test_hf_saved_dataset_dict(tmp_path):
