@@ -14,10 +14,7 @@ import math
 import os
 import sys
 
-# Before TensorFlow loads: no start-up chatter. oneDNN speeds up no tf.data op we use.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
-
+import pipeline  # noqa: F401  (first: it quiets TensorFlow's start-up before TensorFlow loads)
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402

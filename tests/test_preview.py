@@ -1,8 +1,13 @@
 """The preview command: decoded examples with their predicted positions."""
 
 import json
+import os
+import subprocess
+import sys
 
 from pipeline import preview
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_json_preview_shows_ids_labels_and_tokens(capsys, corpus_file, tokenizer_dir):
@@ -29,3 +34,14 @@ def test_text_preview_marks_predictions_with_their_originals(capsys, corpus_file
     out = capsys.readouterr().out.splitlines()
     assert len(out) == 4 and out[0].startswith("--- example 0:")
     assert "[CLS]" in out[1] and "{" in out[1]
+
+
+def test_the_command_prints_examples_without_tensorflow_chatter(corpus_file, tokenizer_dir):
+    """`python -m pipeline.preview` in a fresh environment: only what it was asked for."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TF_", "XLA_"))}
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.preview", "--train_file", str(corpus_file),
+         "--tokenizer", str(tokenizer_dir), "--max_seq_length", "24", "--num_examples", "1"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=True)
+    assert result.stdout.startswith("--- example 0:")
+    assert result.stderr == ""
