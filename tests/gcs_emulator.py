@@ -326,15 +326,17 @@ class GcsEmulator:
         """Variables that send TensorFlow's and TensorStore's gs:// traffic to the emulator.
 
         TensorFlow (and so etils' epath, Orbax's metadata and JAX's compilation
-        cache) goes through HTTPS_PROXY; TensorStore (Orbax's array data) uses
-        its documented TENSORSTORE_GCS_HTTP_URL, pointed at the proxy's plain
-        HTTP entrance. Both take GOOGLE_AUTH_TOKEN_FOR_TESTING as their token.
+        cache) goes through HTTPS_PROXY. TensorStore (Orbax's array data) and
+        google-cloud-storage (Orbax's bucket look-ups) use their documented
+        emulator variables, TENSORSTORE_GCS_HTTP_URL and STORAGE_EMULATOR_HOST,
+        pointed at the proxy's plain HTTP entrance. TensorFlow and TensorStore
+        take GOOGLE_AUTH_TOKEN_FOR_TESTING as their token.
         """
         proxy = f"http://{LOOPBACK}:{self.proxy.port}"
         env = dict(os.environ)
         env.update(HTTPS_PROXY=proxy, https_proxy=proxy, NO_PROXY="", no_proxy="",
                    CURL_CA_BUNDLE=str(self.certs["ca"]),
-                   TENSORSTORE_GCS_HTTP_URL=proxy,
+                   TENSORSTORE_GCS_HTTP_URL=proxy, STORAGE_EMULATOR_HOST=proxy,
                    GOOGLE_AUTH_TOKEN_FOR_TESTING="dummy")
         return env
 
