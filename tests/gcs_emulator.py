@@ -91,12 +91,13 @@ class ConnectProxy:
     more than `cut_after_bytes` bytes in `direction` ("download": towards the
     client; "upload": towards the emulator) are closed there, mid-transfer;
     with `cut_every=n`, only every n-th such connection, so that retries
-    succeed and cuts spread over a whole run. The fault fields may be changed
-    while the proxy runs.
+    succeed and cuts spread over a whole run; with `tunnels_only`, only TLS
+    tunnels (TensorFlow's connections, not TensorStore's). The fault fields
+    may be changed while the proxy runs.
     """
 
     def __init__(self, target_port, certs, cut_after_bytes=None, cuts=0, cut_every=1,
-                 direction="download"):
+                 direction="download", tunnels_only=False):
         if direction not in ("download", "upload"):
             raise ValueError(f"direction must be download or upload, not {direction!r}")
         self.target_port = target_port
@@ -104,6 +105,7 @@ class ConnectProxy:
         self.cuts_left = cuts
         self.cut_every = cut_every
         self.direction = direction
+        self.tunnels_only = tunnels_only
         self.long_tunnels = 0  # connections that carried more than cut_after_bytes
         self.cuts_done = 0
         self.tunnels = 0
@@ -274,7 +276,8 @@ class _Exchange:
             with proxy._lock:  # pylint: disable=protected-access
                 proxy.uploaded += len(data)
         limit = proxy.cut_after_bytes
-        if direction == proxy.direction and limit is not None and not self.long:
+        if (direction == proxy.direction and limit is not None and not self.long
+                and (self.tls or not proxy.tunnels_only)):
             room = limit - self.counted[direction]
             if len(data) > room:
                 self.long = True

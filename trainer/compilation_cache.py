@@ -1,4 +1,4 @@
-"""JAX's persistent compilation cache: a restarted run loads its compiled steps instead of compiling.
+"""JAX's persistent compilation cache: a restarted run loads its compiled steps.
 
 After a preemption the new VM compiles the train and eval steps again, which
 for a large model on a TPU takes minutes, at every restart. With the cache in
