@@ -87,17 +87,20 @@ class ConnectProxy:
     and the emulator's Go server refuses) and answering `Expect: 100-continue`
     itself.
 
-    With `cut_after_bytes` and `cuts`, the first `cuts` connections that carry
-    more than `cut_after_bytes` bytes in `direction` ("download": towards the
-    client; "upload": towards the emulator) are closed there, mid-transfer;
-    with `cut_every=n`, only every n-th such connection, so that retries
-    succeed and cuts spread over a whole run; with `tunnels_only`, only TLS
-    tunnels (TensorFlow's connections, not TensorStore's). The fault fields
-    may be changed while the proxy runs.
+    With `cut_after_bytes` and `cuts`, the connections of the first `cuts`
+    exchanges (a request and its response) that carry more than
+    `cut_after_bytes` bytes in `direction` ("download": towards the client;
+    "upload": towards the emulator) are closed there, mid-transfer; with
+    `cut_every=n`, only every n-th such exchange of each entrance, so that
+    retries succeed and cuts spread over a whole run; with `tunnels_only`,
+    only in TLS tunnels (TensorFlow's connections, not TensorStore's). With
+    `partial_uploads=False` a cut upload reaches the emulator without any of
+    its body, so that a resumable upload cannot make progress either. The
+    fault fields may be changed while the proxy runs.
     """
 
     def __init__(self, target_port, certs, cut_after_bytes=None, cuts=0, cut_every=1,
-                 direction="download", tunnels_only=False):
+                 direction="download", tunnels_only=False, partial_uploads=True):
         if direction not in ("download", "upload"):
             raise ValueError(f"direction must be download or upload, not {direction!r}")
         self.target_port = target_port
@@ -106,10 +109,14 @@ class ConnectProxy:
         self.cut_every = cut_every
         self.direction = direction
         self.tunnels_only = tunnels_only
-        self.long_tunnels = 0  # connections that carried more than cut_after_bytes
+        self.partial_uploads = partial_uploads
+        self.long_exchanges = 0  # exchanges that carried more than cut_after_bytes
         self.cuts_done = 0
+        self.cuts_by_entrance = {"tunnel": 0, "plain": 0}  # TensorFlow's, TensorStore's
+        self._long = {"tunnel": 0, "plain": 0}
         self.tunnels = 0
         self.uploaded = 0  # request body bytes relayed to the emulator
+        self.cut_uploads = set()  # request targets (resumable upload sessions) cut
         self._lock = threading.Lock()
         self._tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self._tls.load_cert_chain(certs["cert"], certs["key"])
@@ -126,12 +133,15 @@ class ConnectProxy:
                 return
             threading.Thread(target=self._serve, args=(client,), daemon=True).start()
 
-    def _take_cut(self):
+    def _take_cut(self, tls):
+        entrance = "tunnel" if tls else "plain"
         with self._lock:
-            self.long_tunnels += 1
-            if self.cuts_left > 0 and self.long_tunnels % self.cut_every == 0:
+            self.long_exchanges += 1
+            self._long[entrance] += 1  # every n-th of each entrance: both get their share
+            if self.cuts_left > 0 and self._long[entrance] % self.cut_every == 0:
                 self.cuts_left -= 1
                 self.cuts_done += 1
+                self.cuts_by_entrance[entrance] += 1
                 return True
             return False
 
@@ -196,8 +206,9 @@ class _Exchange:
     def __init__(self, proxy, client, reader, upstream, tls):
         self.proxy, self.client, self.reader, self.tls = proxy, client, reader, tls
         self.upstream, self.upstream_reader = upstream, upstream.makefile("rb")
-        self.counted = {"download": 0, "upload": 0}
-        self.long = False  # the cut is decided once, when the connection passes the limit
+        self.counted = {"download": 0, "upload": 0}  # in this exchange
+        self.decided = False  # whether this exchange is cut is decided once
+        self.cut_at = None  # once decided to cut: bytes of the message let through
 
     def relay_all(self, head):
         while True:
@@ -210,7 +221,23 @@ class _Exchange:
 
     def relay_one(self, request):
         """Relays one request and its response; False when the connection must close."""
-        method = request[0].split(b" ")[0]
+        self.counted = {"download": 0, "upload": 0}
+        self.decided, self.cut_at = False, None
+        method, target = request[0].split(b" ")[:2]
+        if target in self.proxy.cut_uploads and (
+                _header(request, b"content-range") or b"").startswith(b"bytes */"):
+            # A status query for an upload session the proxy cut. fake-gcs-server would
+            # finalize the object with what it got (nothing); real GCS answers that the
+            # upload is incomplete, with no bytes persisted, and the client sends it again.
+            self.reader.read(int(_header(request, b"content-length") or 0))
+            self.client.sendall(b"HTTP/1.1 308 Resume Incomplete\r\nContent-Length: 0\r\n\r\n")
+            return True
+        length = _header(request, b"content-length")
+        if length is not None:  # an upload's fate is known from its length
+            self._decide("upload", int(length))
+            if self.cut_at is not None:
+                with self.proxy._lock:  # pylint: disable=protected-access
+                    self.proxy.cut_uploads.add(target)
         if _header(request, b"expect") == b"100-continue":
             self.client.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
         kept = [request[0]] + [
@@ -270,21 +297,30 @@ class _Exchange:
             size -= len(data)
             self._send(target, data, direction)
 
+    def _decide(self, direction, size):
+        """Whether this exchange, carrying `size` bytes in `direction`, is cut (decided once)."""
+        proxy = self.proxy
+        limit = proxy.cut_after_bytes
+        if (self.decided or direction != proxy.direction or limit is None or size <= limit
+                or (proxy.tunnels_only and not self.tls)):
+            return
+        self.decided = True
+        if proxy._take_cut(self.tls):  # pylint: disable=protected-access
+            self.cut_at = limit if direction == "download" or proxy.partial_uploads else 0
+
     def _send(self, target, data, direction):
         proxy = self.proxy
         if direction == "upload":
             with proxy._lock:  # pylint: disable=protected-access
                 proxy.uploaded += len(data)
-        limit = proxy.cut_after_bytes
-        if (direction == proxy.direction and limit is not None and not self.long
-                and (self.tls or not proxy.tunnels_only)):
-            room = limit - self.counted[direction]
-            if len(data) > room:
-                self.long = True
-                if proxy._take_cut():  # pylint: disable=protected-access
-                    target.sendall(data[:max(room, 0)])
-                    raise _Cut()
-        self.counted[direction] += len(data)
+        sent = self.counted[direction]
+        if direction == "download":  # decided when the response passes the limit
+            self._decide(direction, sent + len(data))
+        if direction == proxy.direction and self.cut_at is not None and (
+                sent + len(data) > self.cut_at):
+            target.sendall(data[:self.cut_at - sent])  # up to the byte, then close
+            raise _Cut()
+        self.counted[direction] = sent + len(data)
         target.sendall(data)
 
 

@@ -222,6 +222,10 @@ class Checkpoints:
             data=DataIteratorRestore(data)))
         return restored["state"]
 
+    def saving(self) -> bool:
+        """Whether a save is still being written in the background."""
+        return self._manager.is_saving_in_progress()
+
     def wait(self):
         with self._writing(self._in_flight):
             self._manager.wait_until_finished()
