@@ -166,3 +166,37 @@ def test_user_error_is_one_line_and_leaves_the_directory_alone(tmp_path, config,
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: output_dir ")
     assert os.listdir(foreign) == ["thesis.tex"]
+
+
+@pytest.mark.slow
+def test_streamed_hf_dataset_resumes_after_sigkill_with_the_same_losses(
+        tmp_path, config, corpus_file):
+    """A folder of JSON lines streamed by `datasets` resumes at the exact batch."""
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    lines = [line for line in corpus_file.read_text(encoding="utf-8").splitlines() if line]
+    with open(folder / "train.jsonl", "w", encoding="utf-8") as f:
+        f.writelines(json.dumps({"text": line}) + "\n" for line in lines)
+    streamed = {key: value for key, value in config.items()
+                if key not in ("train_file", "do_eval", "max_eval_samples", "profile_steps")}
+    streamed.update(dataset_name=str(folder), max_steps=12, save_steps=4)
+    code, console = run(write_config(tmp_path / "whole.json", streamed, tmp_path / "whole"))
+    assert code == 0, console[-4000:]
+    expected = losses(tmp_path / "whole")["train/loss"]
+
+    output_dir = tmp_path / "run"
+    config_file = write_config(tmp_path / "config.json", streamed, output_dir)
+    process = start(config_file)
+    read_until(process, "train 6/")
+    while not (output_dir / run_dir.CHECKPOINT_DIR / "4").is_dir() and process.poll() is None:
+        time.sleep(0.01)
+    process.kill()
+    code, _ = finish(process)
+    assert code == -signal.SIGKILL, "the run finished before it could be killed"
+    killed_at = checkpoints.Checkpoints(output_dir).latest_step
+    assert killed_at is not None and killed_at < 12
+
+    code, console = run(config_file)
+    assert code == 0, console[-4000:]
+    assert f"Resuming from the checkpoint of step {killed_at}" in console
+    assert losses(output_dir)["train/loss"] == expected
