@@ -1,7 +1,6 @@
 """JAX's persistent compilation cache in output_dir: where it goes, and that a bad entry is harmless."""
 
 import os
-import pathlib
 import shutil
 
 import pytest
@@ -30,13 +29,8 @@ def test_cache_dir_flag_then_environment_then_output_dir(tmp_path, monkeypatch):
 def test_unreadable_or_foreign_cache_entries_are_ignored(tmp_path, corpus_file, tokenizer_dir):
     """Entries that fail to load (corrupt, or another version's bytes under a key) only warn."""
     output_dir = tmp_path / "run"
-    config = {
-        "model_type": "bert", "config_overrides": train_runs.TINY_BERT,
-        "tokenizer_name": str(tokenizer_dir), "train_file": str(corpus_file),
-        "max_seq_length": 32, "max_predictions_per_seq": 6, "shuffle_buffer_size": 200,
-        "do_train": True, "per_device_train_batch_size": 2, "max_steps": STEPS,
-        "logging_steps": 1, "save_steps": SAVE_STEPS, "seed": 2,
-    }
+    config = train_runs.tiny_config(corpus_file, tokenizer_dir, max_steps=STEPS,
+                                    save_steps=SAVE_STEPS, seed=2)
     config_file = train_runs.write_config(tmp_path / "config.json", config, output_dir)
     env = dict(os.environ, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
     env.pop("JAX_COMPILATION_CACHE_DIR", None)  # the default: output_dir/compilation_cache
@@ -59,7 +53,7 @@ def test_unreadable_or_foreign_cache_entries_are_ignored(tmp_path, corpus_file, 
     assert f"Resuming from the checkpoint of step {SAVE_STEPS}" in console
     assert "Error reading persistent compilation cache entry" in console, console[-4000:]
     assert "Traceback" not in console
-    logdir = pathlib.Path(output_dir) / "logs"
+    logdir = output_dir / "logs"
     expected = train_runs.step_losses(logdir, first.pid)
     assert train_runs.step_losses(logdir, second.pid) == {
         step: expected[step] for step in range(SAVE_STEPS + 1, STEPS + 1)}

@@ -21,10 +21,10 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 
 from gcs_emulator import GcsEmulator
+from test_train_e2e import assert_transformers_agrees
 import train_runs
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -47,27 +47,10 @@ def gs(run):
 
 @pytest.fixture(scope="module")
 def config(corpus_file, tokenizer_dir):
-    return {
-        "model_type": "bert",
-        "config_overrides": train_runs.TINY_BERT,
-        "tokenizer_name": str(tokenizer_dir),
-        "train_file": str(corpus_file),
-        "max_seq_length": 32,
-        "max_predictions_per_seq": 6,
-        "max_eval_samples": 48,
-        "shuffle_buffer_size": 200,
-        "do_train": True,
-        "do_eval": True,
-        "per_device_train_batch_size": 2,
-        "per_device_eval_batch_size": 2,
-        "learning_rate": 3e-3,
-        "warmup_steps": 5,
-        "max_steps": STEPS,
-        "logging_steps": 1,
-        "eval_steps": EVAL_STEPS,
-        "save_steps": SAVE_STEPS,
-        "seed": 5,
-    }
+    return train_runs.tiny_config(
+        corpus_file, tokenizer_dir, do_eval=True, max_eval_samples=48,
+        per_device_eval_batch_size=2, learning_rate=3e-3, warmup_steps=5, max_steps=STEPS,
+        eval_steps=EVAL_STEPS, save_steps=SAVE_STEPS, seed=5)
 
 
 @pytest.fixture(scope="module")
@@ -248,25 +231,12 @@ def test_run_on_gs_trains_evaluates_logs_checkpoints_and_exports(emulator, unint
 
 @pytest.mark.slow
 def test_export_in_the_bucket_loads_in_transformers(uninterrupted):
-    torch = pytest.importorskip("torch")
-    import transformers  # pylint: disable=import-outside-toplevel
-    import model  # pylint: disable=import-outside-toplevel
-
     found, _, local = uninterrupted
     results = json.loads((local / "eval_results.json").read_text())
     assert results["step"] == STEPS
     assert results["eval_loss"] == pytest.approx(found["scalars"]["eval/loss"][STEPS], rel=1e-6)
     assert json.loads((local / "run_args.json").read_text())["output_dir"] == gs("whole")
-    tokenizer = transformers.AutoTokenizer.from_pretrained(local)
-    encoded = tokenizer(["The module returns a list of [MASK] names."], return_tensors="np")
-    module, params = model.from_pretrained(local)
-    ours = np.asarray(module.apply({"params": params}, encoded["input_ids"],
-                                   encoded["attention_mask"],
-                                   token_type_ids=encoded["token_type_ids"]))
-    theirs_model = transformers.AutoModelForMaskedLM.from_pretrained(local).eval()
-    with torch.no_grad():
-        theirs = theirs_model(**{k: torch.tensor(v) for k, v in encoded.items()}).logits.numpy()
-    np.testing.assert_allclose(ours, theirs, atol=2e-4, rtol=1e-4)
+    assert_transformers_agrees(str(local))
 
 
 @pytest.mark.slow

@@ -16,7 +16,7 @@ import train
 from trainer import checkpoints, run_dir
 
 from test_monitoring import read_scalars  # TensorBoard's own event reader
-from train_runs import TINY_BERT, finish, read_until, run, start, write_config
+from train_runs import finish, read_until, run, start, tiny_config, write_config
 
 STEPS = 40
 GRACE_SECONDS = 30  # what a preempted Cloud VM (and Kubernetes, by default) allows after SIGTERM
@@ -24,28 +24,9 @@ GRACE_SECONDS = 30  # what a preempted Cloud VM (and Kubernetes, by default) all
 
 @pytest.fixture(scope="module")
 def config(corpus_file, tokenizer_dir):
-    return {
-        "model_type": "bert",
-        "config_overrides": TINY_BERT,
-        "tokenizer_name": str(tokenizer_dir),
-        "train_file": str(corpus_file),
-        "max_seq_length": 32,
-        "max_predictions_per_seq": 6,
-        "max_eval_samples": 48,
-        "shuffle_buffer_size": 200,
-        "do_train": True,
-        "do_eval": True,
-        "per_device_train_batch_size": 2,
-        "per_device_eval_batch_size": 2,
-        "learning_rate": 3e-3,
-        "warmup_steps": 5,
-        "max_steps": STEPS,
-        "logging_steps": 1,
-        "eval_steps": 20,
-        "save_steps": 4,
-        "profile_steps": 3,
-        "seed": 1,
-    }
+    return tiny_config(corpus_file, tokenizer_dir, max_eval_samples=48, do_eval=True,
+                       per_device_eval_batch_size=2, learning_rate=3e-3, warmup_steps=5,
+                       max_steps=STEPS, eval_steps=20, save_steps=4, profile_steps=3, seed=1)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -135,11 +116,15 @@ def test_killed_run_resumes_with_the_same_losses(tmp_path, config, uninterrupted
 
 @pytest.mark.slow
 def test_export_loads_in_transformers_with_the_same_logits(uninterrupted):
+    assert_transformers_agrees(str(uninterrupted[0]))
+
+
+def assert_transformers_agrees(output_dir):
+    """The export in output_dir loads in PyTorch transformers with our model's logits."""
     torch = pytest.importorskip("torch")
     import transformers  # pylint: disable=import-outside-toplevel
     import model  # pylint: disable=import-outside-toplevel
 
-    output_dir = str(uninterrupted[0])
     tokenizer = transformers.AutoTokenizer.from_pretrained(output_dir)
     encoded = tokenizer(["The module returns a list of [MASK] names.",
                          "Raise an error when the file is missing."],

@@ -23,6 +23,23 @@ TINY_BERT = ("hidden_size=32,num_hidden_layers=1,num_attention_heads=2,intermedi
              "max_position_embeddings=64")
 
 
+def tiny_config(corpus_file, tokenizer_dir, **overrides):
+    """A config that trains TINY_BERT on the test corpus, plus `overrides`."""
+    return {
+        "model_type": "bert",
+        "config_overrides": TINY_BERT,
+        "tokenizer_name": str(tokenizer_dir),
+        "train_file": str(corpus_file),
+        "max_seq_length": 32,
+        "max_predictions_per_seq": 6,
+        "shuffle_buffer_size": 200,
+        "do_train": True,
+        "per_device_train_batch_size": 2,
+        "logging_steps": 1,
+        **overrides,
+    }
+
+
 def write_config(path, config, output_dir):
     """Writes config plus output_dir as a JSON config file; returns its path."""
     path.write_text(json.dumps(dict(config, output_dir=str(output_dir))))
