@@ -27,7 +27,8 @@ from model import configuration  # noqa: E402
 from pipeline import errors, inputs, sources  # noqa: E402
 from pipeline.errors import InputError  # noqa: E402
 from trainer import args as args_lib  # noqa: E402
-from trainer import checkpoints, monitoring, optimizers, run_dir, schedules, stopping  # noqa: E402
+from trainer import checkpoints, compilation_cache, monitoring, optimizers  # noqa: E402
+from trainer import run_dir, schedules, stopping  # noqa: E402
 from trainer import step as step_lib  # noqa: E402
 
 
@@ -279,6 +280,9 @@ def train_and_evaluate(model_args, data_args, training_args):
         print(f"Resuming from the checkpoint of step {start_step} in {ckpt.directory}", flush=True)
     if resume:
         claim()
+    # From here on output_dir is ours: the compiled steps may be cached in it.
+    compilation_cache.enable(
+        compilation_cache.cache_dir(training_args.compilation_cache_dir, output_dir))
     state = step_lib.replicate(state)  # laid out as the step's output: no second compile
     del params
 

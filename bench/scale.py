@@ -12,11 +12,22 @@ relative to the 20 MB run of the same invocation. Both runs read the same
 is the one that pays any cold caches.
 
     python bench/scale.py
+
+With --compilation_cache it measures instead what JAX's persistent
+compilation cache (in output_dir, train.py's default) saves a restarted run:
+a BERT-small run is trained and checkpointed, then resumed from its first
+checkpoint several times, alternately with the cache removed (cold) and
+kept (warm); the JSON gives the medians of the time from launch to the
+resumed run's first train step, and their ratio (goal: warm <= 0.5 cold).
+
+    python bench/scale.py --compilation_cache
 """
 
 import argparse
 import json
 import os
+import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -31,6 +42,9 @@ SIZES_MB = (20, 400)
 TIME_LIMIT = 1.5  # 400 MB start-up at most this many times the 20 MB one (a shared machine)
 RSS_LIMIT = 1.2
 FIRST_STEP = "[1] train/"  # CLU's metrics line after step 1 (logging_steps 1)
+BERT_SMALL = ("hidden_size=256,num_hidden_layers=4,num_attention_heads=4,intermediate_size=1024,"
+              "max_position_embeddings=128")
+CACHE_RATIO_GOAL = 0.5
 
 
 def repeat_corpus(base, path, megabytes):
@@ -44,7 +58,7 @@ def repeat_corpus(base, path, megabytes):
     return os.path.getsize(path)
 
 
-def run_config(tmp, train_file, tokenizer_dir, name):
+def run_config(tmp, train_file, tokenizer_dir, name, **overrides):
     config = {
         "model_type": "bert",
         "config_overrides": "hidden_size=32,num_hidden_layers=1,num_attention_heads=2,"
@@ -57,6 +71,7 @@ def run_config(tmp, train_file, tokenizer_dir, name):
         "max_steps": 2,
         "logging_steps": 1,
         "output_dir": os.path.join(tmp, f"out_{name}"),
+        **overrides,
     }
     path = os.path.join(tmp, f"{name}.json")
     with open(path, "w", encoding="utf-8") as f:
@@ -64,38 +79,89 @@ def run_config(tmp, train_file, tokenizer_dir, name):
     return path
 
 
-def measure(config_file, timeout):
-    """(seconds from launch to the first train step, peak RSS in MB) of one train.py run."""
+def cpu_seconds(pid):
+    """CPU time (user + system, all threads) a running process has used so far (Linux)."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(config_file, timeout, first_step=FIRST_STEP, cpu=None):
+    """(seconds from launch to the first train step, peak RSS in MB) of one train.py run.
+
+    With a list `cpu`, also appends the CPU seconds the run had used by then.
+    """
     env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)  # train.py's default: under output_dir
     start = time.perf_counter()
     proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "train.py"), config_file],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
     guard = threading.Timer(timeout, proc.kill)  # train.py ends by itself (max_steps)
     guard.start()
-    first_step, tail = None, []
+    first_step_seconds, tail = None, []
     for line in proc.stdout:
-        if first_step is None and FIRST_STEP in line:
-            first_step = time.perf_counter() - start
+        if first_step_seconds is None and first_step in line:
+            first_step_seconds = time.perf_counter() - start
+            if cpu is not None:
+                cpu.append(cpu_seconds(proc.pid))
         tail = (tail + [line])[-20:]
     _, status, usage = os.wait4(proc.pid, 0)
     guard.cancel()
     proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0 or first_step is None:
+    if proc.returncode != 0 or first_step_seconds is None:
         raise RuntimeError(f"train.py {config_file} failed ({proc.returncode}):\n"
                            + "".join(tail))
-    return first_step, usage.ru_maxrss / 1024  # ru_maxrss is in kB on Linux
+    return first_step_seconds, usage.ru_maxrss / 1024  # ru_maxrss is in kB on Linux
+
+
+def compilation_cache(tmp, train_file, tokenizer_dir, timeout, rounds):
+    """Time to the first step of a resumed BERT-small run, cache removed vs kept."""
+    config_file = run_config(tmp, train_file, tokenizer_dir, "cache", config_overrides=BERT_SMALL,
+                             max_steps=4, save_steps=2, per_device_train_batch_size=4)
+    output_dir = os.path.join(tmp, "out_cache")
+    measure(config_file, timeout)  # trains 4 steps: checkpoints 2 and 4, a warm cache
+    times = {"cold": [], "warm": []}
+    cpu = {"cold": [], "warm": []}  # CPU seconds to the first step: less sensitive to load
+    for _ in range(rounds):
+        for kind in ("cold", "warm"):  # cold first: it fills the cache the warm run reads
+            shutil.rmtree(os.path.join(output_dir, "checkpoints", "4"))  # resume from step 2
+            if kind == "cold":
+                shutil.rmtree(os.path.join(output_dir, "compilation_cache"))
+            times[kind].append(measure(config_file, timeout, first_step="[3] train/",
+                                       cpu=cpu[kind])[0])
+    entries = os.listdir(os.path.join(output_dir, "compilation_cache"))
+    cold, warm = (statistics.median(times[kind]) for kind in ("cold", "warm"))
+    cpu_cold, cpu_warm = (statistics.median(cpu[kind]) for kind in ("cold", "warm"))
+    return {
+        "benchmark": "compilation_cache", "model": "bert-small (" + BERT_SMALL + ")",
+        "cache_entries": len(entries),
+        "resumed_time_to_first_step_s": {k: [round(t, 2) for t in v] for k, v in times.items()},
+        "resumed_cpu_s_to_first_step": {k: [round(t, 2) for t in v] for k, v in cpu.items()},
+        "cold_median_s": round(cold, 2), "warm_median_s": round(warm, 2),
+        "warm_cold_ratio": round(warm / cold, 3),
+        "warm_cold_cpu_ratio": round(cpu_warm / cpu_cold, 3), "goal_ratio": CACHE_RATIO_GOAL,
+        "ok": warm / cold <= CACHE_RATIO_GOAL,
+    }
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--timeout", type=float, default=600, help="seconds per train.py run")
+    parser.add_argument("--compilation_cache", action="store_true",
+                        help="measure a resumed run's start with the compilation cache instead")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="with --compilation_cache: resumed runs of each kind")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:  # also removes the 400 MB corpus
         base = os.path.join(tmp, "stdlib.txt")
         corpus.write_corpus(base)
         tokenizer_dir = os.path.join(tmp, "tokenizer")
         vocab.train_wordpiece([base], vocab_size=2000).save_pretrained(tokenizer_dir)
+        if args.compilation_cache:
+            print(json.dumps(compilation_cache(tmp, base, tokenizer_dir, args.timeout,
+                                               args.rounds)))
+            return
         results = {}
         for megabytes in SIZES_MB:
             name = f"{megabytes}MB"

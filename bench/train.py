@@ -12,6 +12,18 @@ pairs of rounds, so that load from other processes (a shared machine) hits
 both feeds alike.
 
     python bench/train.py --config small --seconds 60
+
+With --save_steps N it measures instead whether asynchronous checkpoints
+stall training: the same step on batches in memory, each step waited for
+and timed, saving the train state and input position every N steps with
+train.py's Checkpoints (to --save_dir, a temporary directory by default, or
+with --gcs_emulator to gs:// on tests/gcs_emulator.py's fake-gcs-server).
+It reports the median time of the steps no save overlaps, the times of the
+steps that overlap one (the step that starts the save included), and their
+ratio to the median (goal <= 1.5).
+
+    python bench/train.py --config small --save_steps 20 --seconds 60
+    python bench/train.py --config small --save_steps 20 --seconds 60 --gcs_emulator
 """
 
 import argparse
@@ -19,6 +31,7 @@ import collections
 import importlib.util
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -73,6 +86,67 @@ def cycle(items):
         yield from items
 
 
+def timed_saves(p_train_step, state, batches, data, save_dir, save_steps, seconds):
+    """Steps (each waited for) for `seconds`, saving asynchronously every save_steps steps.
+
+    Returns the state, [(seconds, overlapped a save)] per step, and the seconds of each
+    save() call.
+    """
+    ckpt = checkpoints.Checkpoints(save_dir, save_total_limit=2)
+    steps, save_calls, step, start = [], [], 0, time.perf_counter()
+    while time.perf_counter() - start < seconds or ckpt.saving():
+        began = time.perf_counter()
+        overlapped = ckpt.saving()
+        state, metrics = p_train_step(state, next(batches))
+        jax.block_until_ready(metrics)
+        step += 1
+        if step % save_steps == 0:  # the step that starts a save includes its save() call
+            called = time.perf_counter()
+            ckpt.save(step, state, data)
+            save_calls.append(time.perf_counter() - called)
+            overlapped = True
+        steps.append((time.perf_counter() - began, overlapped or ckpt.saving()))
+    ckpt.close()
+    return state, steps, save_calls
+
+
+def save_stall_figures(steps, save_calls, state, save_steps):
+    """The JSON figures of timed_saves: overlapping steps against the median step."""
+    free = [t for t, overlapped in steps if not overlapped]
+    busy = [t for t, overlapped in steps if overlapped]
+    median = float(np.median(free))
+    state_bytes = sum(np.asarray(x).nbytes for x in jax.tree.leaves(checkpoints.to_host(state)))
+    sig = BENCH_MODEL.sig
+    return {
+        "save_steps": save_steps, "state_mb": sig(state_bytes / 2**20),
+        "steps": len(steps), "saves": len(save_calls),
+        "median_step_s": sig(median),
+        "overlapping_steps_s": [sig(t) for t in busy],
+        "save_call_s": sig(float(np.median(save_calls))) if save_calls else None,
+        "max_overlap_ratio": sig(max(busy) / median) if busy else None,
+        "median_overlap_ratio": sig(float(np.median(busy)) / median) if busy else None,
+        "goal_ratio": 1.5,
+        "ok": bool(busy) and max(busy) / median <= 1.5,
+    }
+
+
+def run_with_gcs_emulator(argv):
+    """Runs this bench again in a process whose gs:// traffic goes to a local fake-gcs-server."""
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    from gcs_emulator import GcsEmulator  # pylint: disable=import-outside-toplevel
+
+    argv = [a for a in argv if a != "--gcs_emulator"] + ["--save_dir", "gs://bench/run"]
+    with tempfile.TemporaryDirectory() as tmp:
+        os.makedirs(os.path.join(tmp, "buckets", "bench"))
+        emulator = GcsEmulator(tmp, os.path.join(tmp, "buckets"))
+        try:
+            result = subprocess.run([sys.executable, os.path.abspath(__file__)] + argv,
+                                    env=emulator.environment(), check=False)
+        finally:
+            emulator.close()
+    sys.exit(result.returncode)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", choices=sorted(BENCH_MODEL.CONFIGS), default="small")
@@ -81,7 +155,15 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, default=8, help="examples per device")
     parser.add_argument("--round_seconds", type=float, default=1.0,
                         help="length of one round of one feed")
+    parser.add_argument("--save_steps", type=int, default=0,
+                        help="measure steps that overlap an asynchronous save every N steps")
+    parser.add_argument("--save_dir", default=None,
+                        help="where --save_steps saves (default: a temporary directory)")
+    parser.add_argument("--gcs_emulator", action="store_true",
+                        help="with --save_steps: save to gs:// on a local fake-gcs-server")
     args = parser.parse_args(argv)
+    if args.gcs_emulator:
+        run_with_gcs_emulator(sys.argv[1:] if argv is None else argv)
     tf.config.set_visible_devices([], "GPU")
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -113,6 +195,16 @@ def main(argv=None):
         in_memory = list(jax_utils.prefetch_to_device(
             iter([next(data) for _ in range(8)]), 8, axis_name=step_lib.AXIS))
         memory = cycle(in_memory)
+        if args.save_steps:
+            state, steps, save_calls = timed_saves(
+                p_train_step, state, memory, data, args.save_dir or os.path.join(tmp, "run"),
+                args.save_steps, args.seconds)
+            print(json.dumps({
+                "bench": "train_save_stall", "config": args.config,
+                "save_dir": "gs (emulator)" if str(args.save_dir).startswith("gs://")
+                else "local", "cpu_count": os.cpu_count(), "local_devices": devices,
+                **save_stall_figures(steps, save_calls, state, args.save_steps)}))
+            return
         totals = {"pipeline": [0, 0.0], "memory": [0, 0.0]}
         pair_ratios = []
         for _ in range(max(1, round(args.seconds / (2 * args.round_seconds)))):

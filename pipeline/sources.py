@@ -5,9 +5,11 @@
 removed, one epoch per iteration, sharded per host and optionally shuffled.
 """
 
+import collections
 import difflib
 import itertools
 import os
+import threading
 
 import numpy as np
 import tensorflow as tf
@@ -246,24 +248,75 @@ def _arrow_batches(data, column, dataset, *, process_index, process_count, shuff
 
 def _stream_batches(data, column, dataset, *, process_index, process_count, shuffle, seed,
                     batch_size):
-    """A streaming dataset (hub name or folder of data files) through a generator.
+    """A streaming dataset (hub name or folder of data files), resumable at the exact batch.
 
-    Its iterator state cannot be checkpointed exactly: a restored iterator
-    starts the epoch again.
+    The stream's position lives in tf.data's own (checkpointable) state: each
+    epoch draws a shuffle key from a seeded tf.data random stream, and each
+    element is "batch i of the epoch with key k", fetched by `_StreamReader`.
+    A restored iterator asks for the batch it stopped at; in a new process
+    the reader gets there by reading the epoch's first i batches again (a
+    stream cannot seek), so a resume costs one read of the epoch so far.
     """
-    from datasets.distributed import split_dataset_by_node
-
     _check_column(data, column, dataset)
-    if shuffle:
-        data = data.shuffle(seed=seed, buffer_size=batch_size)
-    data = split_dataset_by_node(data, process_index, process_count)
-    epochs = itertools.count()
+    reader = _StreamReader(data, column, dataset, process_index=process_index,
+                           process_count=process_count, shuffle=shuffle,
+                           batch_size=batch_size)
 
-    def generate():
-        data.set_epoch(next(epochs))
-        for rows in data.iter(batch_size=batch_size):
-            yield _texts(rows, column, dataset)
+    def epoch(key):
+        def fetch(index):
+            # Stateful: tf.data must call it in order, one batch at a time, never in parallel.
+            text = tf.numpy_function(reader.batch, [key, index], tf.string, stateful=True)
+            text.set_shape([None])
+            return {"text": text}
 
-    ds = tf.data.Dataset.from_generator(
-        generate, output_signature=tf.TensorSpec([None], tf.string))
-    return ds.map(lambda text: {"text": text})
+        batches = tf.data.Dataset.range(tf.int64.max).map(fetch)
+        return batches.take_while(lambda b: tf.size(b["text"]) > 0)
+
+    keys = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).take(1)
+    return keys.flat_map(epoch)
+
+
+class _StreamReader:
+    """Batch `index` of the epoch with shuffle key `key` of a streaming dataset, as text.
+
+    Reads go on from where the previous call of the same epoch left off; any
+    other batch (the first call after a restore) reopens the epoch and reads
+    its first `index` batches again. An epoch's order depends on its key
+    only, so the batch is the same either way.
+    """
+
+    _MAX_OPEN = 4  # epochs read at once (a counting pass and training, say)
+
+    def __init__(self, data, column, dataset, *, process_index, process_count, shuffle,
+                 batch_size):
+        self.data, self.column, self.dataset = data, column, dataset
+        self.process_index, self.process_count = process_index, process_count
+        self.shuffle, self.batch_size = shuffle, batch_size
+        self._open = collections.OrderedDict()  # (key, next index) -> iterator of rows
+        self._lock = threading.Lock()
+
+    def batch(self, key, index):
+        key, index = int(key), int(index)
+        with self._lock:
+            rows = self._open.pop((key, index), None)
+        if rows is None:
+            rows = self._epoch(key)
+            for _ in itertools.islice(rows, index):
+                pass
+        batch = next(rows, None)
+        if batch is None:
+            return np.array([], dtype=object)
+        with self._lock:
+            self._open[(key, index + 1)] = rows
+            while len(self._open) > self._MAX_OPEN:
+                self._open.popitem(last=False)
+        return _texts(batch, self.column, self.dataset)
+
+    def _epoch(self, key):
+        from datasets.distributed import split_dataset_by_node
+
+        data = self.data
+        if self.shuffle:
+            data = data.shuffle(seed=key % 2**32, buffer_size=self.batch_size)
+        data = split_dataset_by_node(data, self.process_index, self.process_count)
+        return iter(data.iter(batch_size=self.batch_size))

@@ -10,6 +10,7 @@ import tensorflow_datasets as tfds
 
 from pipeline.config import DataConfig
 from pipeline.errors import InputError
+from pipeline import sources
 from pipeline.sources import line_batches
 
 TRAIN = [f"train line {i} " + "x" * (i % 5) for i in range(300)] + ["", "  "]
@@ -142,3 +143,68 @@ def test_hf_missing_dataset_and_ref_file(tmp_path):
         line_batches(DataConfig(dataset_name=str(tmp_path / "nothing")), "train")
     with pytest.raises(InputError, match="applies to a single .txt file"):
         line_batches(DataConfig(dataset_name=str(tmp_path), train_ref_file="r.ref"), "train")
+
+
+def write_jsonl_folder(folder, splits):
+    folder.mkdir()
+    for split, lines in splits.items():
+        with open(folder / f"{split}.jsonl", "w", encoding="utf-8") as f:
+            f.writelines(json.dumps({"text": line}) + "\n" for line in lines)
+    return folder
+
+
+def texts_of(batches):
+    return [[t.decode() for t in batch["text"].numpy()] for batch in batches]
+
+
+def assert_resumes_exactly(make, whole, stops, tmp_path):
+    """Saved after each of `stops` batches, a restored new iterator yields the rest of `whole`."""
+    for stop in stops:
+        it = make()
+        for _ in range(stop):
+            next(it)
+        path = tf.train.Checkpoint(iterator=it).write(str(tmp_path / f"ckpt{stop}"))
+        restored = make()  # a new pipeline, as in a new process: nothing read yet
+        tf.train.Checkpoint(iterator=restored).read(path).assert_consumed()
+        assert texts_of(restored) == whole[stop:], stop
+
+
+@pytest.mark.parametrize("process_count", [1, 2])
+def test_hf_stream_resumes_at_the_exact_batch_in_a_new_pipeline(tmp_path, process_count):
+    folder = write_jsonl_folder(tmp_path / "files", {"train": TRAIN})
+    config = DataConfig(dataset_name=str(folder), seed=5, validation_split_percentage=0,
+                        shuffle_buffer_size=64)
+    hosts = []
+    for process_index in range(process_count):
+        def make():
+            return iter(line_batches(config, "train", process_index=process_index,
+                                     process_count=process_count, shuffle=True,
+                                     read_batch_size=16))
+        whole = texts_of(make())
+        hosts.append(sum(whole, []))
+        assert_resumes_exactly(make, whole, (1, len(whole) // 2, len(whole) - 1), tmp_path)
+    # Hosts read disjoint shares that make up the dataset (split_dataset_by_node).
+    if process_count == 2:
+        assert hosts[0] and hosts[1] and not set(hosts[0]) & set(hosts[1])
+    assert sorted(sum(hosts, [])) == sorted(kept(TRAIN))
+
+
+def test_hf_stream_epochs_each_read_everything_in_a_fresh_order_and_resume(tmp_path):
+    """The stream's own epochs (as repeated below the line shuffle), saved at any batch."""
+    folder = write_jsonl_folder(tmp_path / "files", {"train": TRAIN})
+    config = DataConfig(dataset_name=str(folder), seed=5)
+    epochs = 3
+
+    def make():
+        source, _ = sources._dataset_batches(  # pylint: disable=protected-access
+            config, "train", process_index=0, process_count=1, shuffle=True, seed=config.seed,
+            batch_size=16)
+        return iter(sources.checkpointable(source.repeat(epochs)))
+
+    whole = texts_of(make())
+    size = len(whole) // epochs
+    assert size * epochs == len(whole)
+    parts = [whole[e * size:(e + 1) * size] for e in range(epochs)]
+    assert all(sorted(sum(part, [])) == sorted(TRAIN) for part in parts)
+    assert parts[0] != parts[1] != parts[2]  # a fresh shuffle each epoch
+    assert_resumes_exactly(make, whole, (2, size - 1, size, size + 3, 2 * size), tmp_path)

@@ -16,7 +16,7 @@ import train
 from trainer import checkpoints, run_dir
 
 from test_monitoring import read_scalars  # TensorBoard's own event reader
-from train_runs import TINY_BERT, finish, read_until, run, start, write_config
+from train_runs import finish, read_until, run, start, tiny_config, write_config
 
 STEPS = 40
 GRACE_SECONDS = 30  # what a preempted Cloud VM (and Kubernetes, by default) allows after SIGTERM
@@ -24,28 +24,9 @@ GRACE_SECONDS = 30  # what a preempted Cloud VM (and Kubernetes, by default) all
 
 @pytest.fixture(scope="module")
 def config(corpus_file, tokenizer_dir):
-    return {
-        "model_type": "bert",
-        "config_overrides": TINY_BERT,
-        "tokenizer_name": str(tokenizer_dir),
-        "train_file": str(corpus_file),
-        "max_seq_length": 32,
-        "max_predictions_per_seq": 6,
-        "max_eval_samples": 48,
-        "shuffle_buffer_size": 200,
-        "do_train": True,
-        "do_eval": True,
-        "per_device_train_batch_size": 2,
-        "per_device_eval_batch_size": 2,
-        "learning_rate": 3e-3,
-        "warmup_steps": 5,
-        "max_steps": STEPS,
-        "logging_steps": 1,
-        "eval_steps": 20,
-        "save_steps": 4,
-        "profile_steps": 3,
-        "seed": 1,
-    }
+    return tiny_config(corpus_file, tokenizer_dir, max_eval_samples=48, do_eval=True,
+                       per_device_eval_batch_size=2, learning_rate=3e-3, warmup_steps=5,
+                       max_steps=STEPS, eval_steps=20, save_steps=4, profile_steps=3, seed=1)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -135,11 +116,15 @@ def test_killed_run_resumes_with_the_same_losses(tmp_path, config, uninterrupted
 
 @pytest.mark.slow
 def test_export_loads_in_transformers_with_the_same_logits(uninterrupted):
+    assert_transformers_agrees(str(uninterrupted[0]))
+
+
+def assert_transformers_agrees(output_dir):
+    """The export in output_dir loads in PyTorch transformers with our model's logits."""
     torch = pytest.importorskip("torch")
     import transformers  # pylint: disable=import-outside-toplevel
     import model  # pylint: disable=import-outside-toplevel
 
-    output_dir = str(uninterrupted[0])
     tokenizer = transformers.AutoTokenizer.from_pretrained(output_dir)
     encoded = tokenizer(["The module returns a list of [MASK] names.",
                          "Raise an error when the file is missing."],
@@ -166,3 +151,37 @@ def test_user_error_is_one_line_and_leaves_the_directory_alone(tmp_path, config,
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: output_dir ")
     assert os.listdir(foreign) == ["thesis.tex"]
+
+
+@pytest.mark.slow
+def test_streamed_hf_dataset_resumes_after_sigkill_with_the_same_losses(
+        tmp_path, config, corpus_file):
+    """A folder of JSON lines streamed by `datasets` resumes at the exact batch."""
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    lines = [line for line in corpus_file.read_text(encoding="utf-8").splitlines() if line]
+    with open(folder / "train.jsonl", "w", encoding="utf-8") as f:
+        f.writelines(json.dumps({"text": line}) + "\n" for line in lines)
+    streamed = {key: value for key, value in config.items()
+                if key not in ("train_file", "do_eval", "max_eval_samples", "profile_steps")}
+    streamed.update(dataset_name=str(folder), max_steps=12, save_steps=4)
+    code, console = run(write_config(tmp_path / "whole.json", streamed, tmp_path / "whole"))
+    assert code == 0, console[-4000:]
+    expected = losses(tmp_path / "whole")["train/loss"]
+
+    output_dir = tmp_path / "run"
+    config_file = write_config(tmp_path / "config.json", streamed, output_dir)
+    process = start(config_file)
+    read_until(process, "train 6/")
+    while not (output_dir / run_dir.CHECKPOINT_DIR / "4").is_dir() and process.poll() is None:
+        time.sleep(0.01)
+    process.kill()
+    code, _ = finish(process)
+    assert code == -signal.SIGKILL, "the run finished before it could be killed"
+    killed_at = checkpoints.Checkpoints(output_dir).latest_step
+    assert killed_at is not None and killed_at < 12
+
+    code, console = run(config_file)
+    assert code == 0, console[-4000:]
+    assert f"Resuming from the checkpoint of step {killed_at}" in console
+    assert losses(output_dir)["train/loss"] == expected

@@ -23,6 +23,23 @@ TINY_BERT = ("hidden_size=32,num_hidden_layers=1,num_attention_heads=2,intermedi
              "max_position_embeddings=64")
 
 
+def tiny_config(corpus_file, tokenizer_dir, **overrides):
+    """A config that trains TINY_BERT on the test corpus, plus `overrides`."""
+    return {
+        "model_type": "bert",
+        "config_overrides": TINY_BERT,
+        "tokenizer_name": str(tokenizer_dir),
+        "train_file": str(corpus_file),
+        "max_seq_length": 32,
+        "max_predictions_per_seq": 6,
+        "shuffle_buffer_size": 200,
+        "do_train": True,
+        "per_device_train_batch_size": 2,
+        "logging_steps": 1,
+        **overrides,
+    }
+
+
 def write_config(path, config, output_dir):
     """Writes config plus output_dir as a JSON config file; returns its path."""
     path.write_text(json.dumps(dict(config, output_dir=str(output_dir))))
@@ -36,17 +53,17 @@ def command(config_file, *, pause_in_checkpoint_write=False):
     return [sys.executable, os.path.join(ROOT, "train.py"), config_file]
 
 
-def start(config_file, *, env=None, pause_in_checkpoint_write=False):
+def start(config_file, *, env=None, pause_in_checkpoint_write=False, cwd=ROOT):
     """A running training process whose console (stdout and stderr) is read line by line."""
     return subprocess.Popen(
         command(config_file, pause_in_checkpoint_write=pause_in_checkpoint_write),
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+        cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
         env=env)
 
 
-def run(config_file, timeout=240, *, env=None):
+def run(config_file, timeout=240, *, env=None, cwd=ROOT):
     """(exit code, console) of a whole run."""
-    result = subprocess.run(command(config_file), cwd=ROOT, capture_output=True, text=True,
+    result = subprocess.run(command(config_file), cwd=cwd, capture_output=True, text=True,
                             timeout=timeout, check=False, env=env)
     return result.returncode, result.stdout + result.stderr
 
@@ -72,7 +89,8 @@ def step_losses(logdir, pid):
 
     Each run writes its own event file (named with its pid), so a resumed run's
     losses are told apart from those its killed predecessor logged. Values are
-    the float32 TensorBoard stored, so equality is bitwise.
+    the float32 TensorBoard stored, so equality is bitwise. `logdir` may be
+    gs:// (read through TensorFlow's file system, as TensorBoard reads it).
     """
     # Imported here: run as a script, this module must not load TensorFlow before train.py
     # has set TensorFlow's environment.
@@ -80,11 +98,11 @@ def step_losses(logdir, pid):
     from tensorboard.backend.event_processing import (  # pylint: disable=import-outside-toplevel
         event_file_loader)
 
-    names = [n for n in os.listdir(logdir) if n.startswith("events.out.tfevents.")
+    names = [n for n in tf.io.gfile.listdir(str(logdir)) if n.startswith("events.out.tfevents.")
              and n.split(".")[-3] == str(pid)]
     assert len(names) == 1, f"expected one event file of process {pid} in {logdir}: {names}"
     losses = {}
-    for event in event_file_loader.EventFileLoader(os.path.join(logdir, names[0])).Load():
+    for event in event_file_loader.EventFileLoader(f"{logdir}/{names[0]}").Load():
         for value in event.summary.value:
             if value.tag == "train/loss":
                 losses[event.step] = float(tf.make_ndarray(value.tensor))

@@ -229,6 +229,12 @@ class TrainingArguments:
         default=None, metadata={"help": "Keep at most this many checkpoints (default: all)."})
     profile_steps: int = field(
         default=0, metadata={"help": "Profile this many steps (TensorBoard trace); 0: off."})
+    compilation_cache_dir: Optional[str] = field(
+        default=None,
+        metadata={"help": "JAX's persistent compilation cache, so that a restarted run skips "
+                          "compiling its steps (local or gs://). Default: "
+                          "JAX_COMPILATION_CACHE_DIR if set, else OUTPUT_DIR/compilation_cache; "
+                          "'' turns it off."})
     fill_mask_samples: int = field(
         default=0,
         metadata={"help": "At the end, show the model's guesses for a hidden word in this many "

@@ -18,6 +18,7 @@ import collections
 import contextlib
 import dataclasses
 import hashlib
+import io
 import json
 import logging
 import os
@@ -32,7 +33,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import tensorflow as tf
 
-from trainer.run_dir import CHECKPOINT_DIR, OutputDirError
+from trainer.run_dir import CHECKPOINT_DIR, OutputDirError, absolute
 
 class CheckpointMismatchError(ValueError):
     """A checkpoint does not fit the model or the cluster it is restored into."""
@@ -101,8 +102,9 @@ class DataIteratorHandler(ocp.CheckpointHandler):
         batches = args.data.unconsumed()
         arrays = {f"{i}.{name}": value for i, batch in enumerate(batches)
                   for name, value in batch.items()}
-        with (process_dir / "pending.npz").open("wb") as f:
-            np.savez(f, **arrays)
+        buffer = io.BytesIO()  # zipfile needs a file it can read back; gs:// files are write-only
+        np.savez(buffer, **arrays)
+        (process_dir / "pending.npz").write_bytes(buffer.getvalue())
         meta = {"process_count": jax.process_count(), "pending_batches": len(batches)}
         (process_dir / "meta.json").write_text(json.dumps(meta))
 
@@ -120,8 +122,7 @@ class DataIteratorHandler(ocp.CheckpointHandler):
                 "cannot be carried over to a different number of hosts")
         tf.train.Checkpoint(iterator=args.data.iterator).read(
             str(process_dir / "iterator")).assert_consumed()
-        with (process_dir / "pending.npz").open("rb") as f:
-            arrays = dict(np.load(f))
+        arrays = dict(np.load(io.BytesIO((process_dir / "pending.npz").read_bytes())))
         batches = collections.defaultdict(dict)
         for key, value in arrays.items():
             index, name = key.split(".", 1)
@@ -172,7 +173,7 @@ class Checkpoints:
 
     def __init__(self, output_dir, *, save_total_limit: Optional[int] = None,
                  async_save: bool = True):
-        self.directory = epath.Path(output_dir).resolve() / CHECKPOINT_DIR  # Orbax: absolute
+        self.directory = absolute(output_dir) / CHECKPOINT_DIR  # Orbax: absolute
         options = ocp.CheckpointManagerOptions(
             max_to_keep=save_total_limit,
             enable_async_checkpointing=async_save,
@@ -220,6 +221,10 @@ class Checkpoints:
             state=ocp.args.StandardRestore(template),
             data=DataIteratorRestore(data)))
         return restored["state"]
+
+    def saving(self) -> bool:
+        """Whether a save is still being written in the background."""
+        return self._manager.is_saving_in_progress()
 
     def wait(self):
         with self._writing(self._in_flight):

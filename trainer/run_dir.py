@@ -71,6 +71,14 @@ def _is_remote(output_dir):
     return "://" in str(output_dir)  # gs://bucket/..., or any other tf.io.gfile scheme
 
 
+def absolute(path) -> epath.Path:
+    """An absolute epath.Path: a local path resolved against the working directory, a URI as is.
+
+    (`epath.Path("gs://b/run").resolve()` would make it `<cwd>/gs:/b/run`.)
+    """
+    return epath.Path(path if _is_remote(path) else os.path.abspath(path))
+
+
 def claim_output_dir(output_dir, *, overwrite: bool, run_args: dict):
     """Marks output_dir as this trainer's (process 0 writes RUN_MARKER with the run's arguments).
 
