@@ -69,7 +69,7 @@ def train_examples(config, sources, one_epoch, *, temperature=None, sizes_from="
     sizes = [mixture_sizes.source_size(c, sizes_from) if s.weight is None else None
              for s, c in zip(sources, configs)]
     weights = mixture_spec.weights(sources, sizes, temperature)
-    names = [f"{source.name!r} ({source.data})" for source in sources]
+    names = [f"{source.name} ({source.data})" for source in sources]  # no quotes: Assert escapes them
     return mix(streams, weights, names, seed=config.seed, process_index=process_index), weights
 
 
@@ -121,7 +121,7 @@ def _repeat_counting_epochs(one_epoch, index, name):
     end_marker = {key: tf.zeros([0, *s.shape[1:]], s.dtype) for key, s in spec.items()}
     marked = one_epoch.map(lambda batch: (batch, False)).concatenate(
         tf.data.Dataset.from_tensors((end_marker, True))).repeat()
-    empty_epoch = (f"InputError: source {name}: no example in an epoch of this host's share "
+    empty_epoch = (f"InputError: source {name}: no example in an epoch of the share this host reads "
                    "(the data is empty, only blank lines, too short for one example, or all "
                    "held out for validation)")
 
