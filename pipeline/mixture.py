@@ -13,8 +13,8 @@ batch is then an independent sample of the mixture rather than the same
 per-source counts repeated on every host, and hosts share no data anyway
 (each reads its own share of every source).
 
-Each source repeats on its own, with its own epoch counter (a fresh shuffle
-per epoch, as for one source); its examples carry `source` (its index) and
+Each source repeats on its own, with its own epoch counter, re-read each
+epoch through its own shuffle as a single source is; its examples carry `source` (its index) and
 `epoch` (that source's epoch), int32 [n], for the trainer's per-source counts
 and the preview. They are not model inputs: the masking stage passes on only
 the model's features.
@@ -38,10 +38,10 @@ _MIX_SALT = 0x6D697821  # keeps the draws' seeds apart from the masks' (seed, ho
 _OUT_BATCH = 256  # examples per element of the mixed stream (the caller rebatches)
 
 
-def uses_whole_words(config, split="train"):
-    """Whether `config`'s split is masked by whole words (asked for, or implied by Chinese words)."""
-    ref_file = config.train_ref_file if split == "train" else config.validation_ref_file
-    return bool(config.whole_word_masking or ref_file or config.chinese_word_segmentation)
+def uses_whole_words(config):
+    """Whether `config`'s training data is masked by whole words (asked, or Chinese words)."""
+    return bool(config.whole_word_masking or config.train_ref_file
+                or config.chinese_word_segmentation)
 
 
 def whole_words(config, sources):
@@ -69,7 +69,7 @@ def train_examples(config, sources, one_epoch, *, temperature=None, sizes_from="
     sizes = [mixture_sizes.source_size(c, sizes_from) if s.weight is None else None
              for s, c in zip(sources, configs)]
     weights = mixture_spec.weights(sources, sizes, temperature)
-    names = [f"{source.name} ({source.data})" for source in sources]  # no quotes: Assert escapes them
+    names = [f"{source.name} ({source.data})" for source in sources]  # unquoted: see below
     return mix(streams, weights, names, seed=config.seed, process_index=process_index), weights
 
 
@@ -115,25 +115,26 @@ def _repeat_counting_epochs(one_epoch, index, name):
     """one_epoch repeated forever, each example tagged with `source` and its `epoch`.
 
     An empty batch marks each epoch's end; an epoch without an example stops
-    with an error naming the source (repeating it would never yield).
+    with an error naming the source (repeating it would never yield). The
+    message has no quotes: tf.debugging.Assert would print them escaped.
     """
     spec = one_epoch.element_spec
     end_marker = {key: tf.zeros([0, *s.shape[1:]], s.dtype) for key, s in spec.items()}
     marked = one_epoch.map(lambda batch: (batch, False)).concatenate(
         tf.data.Dataset.from_tensors((end_marker, True))).repeat()
-    empty_epoch = (f"InputError: source {name}: no example in an epoch of the share this host reads "
-                   "(the data is empty, only blank lines, too short for one example, or all "
-                   "held out for validation)")
+    empty_epoch = (f"InputError: source {name}: no example in an epoch of the share this host "
+                   "reads (the data is empty, only blank lines, too short for one example, or "
+                   "all held out for validation)")
 
     def count(state, element):
-        epoch, seen = state
+        epoch, any_seen = state
         batch, end = element
         rows = tf.shape(next(iter(batch.values())))[0]
-        check = tf.debugging.Assert(tf.logical_not(end) | (seen > 0), [empty_epoch])
+        check = tf.debugging.Assert(tf.logical_not(end) | any_seen, [empty_epoch])
         with tf.control_dependencies([check]):
             tagged = {**batch, "source": tf.fill([rows], index),
                       "epoch": tf.fill([rows], epoch)}
-        state = (tf.where(end, epoch + 1, epoch), tf.where(end, 0, seen + rows))
+        state = (tf.where(end, epoch + 1, epoch), tf.logical_not(end) & (any_seen | (rows > 0)))
         return state, tagged
 
-    return marked.scan((tf.constant(0), tf.constant(0)), count)
+    return marked.scan((tf.constant(0), tf.constant(False)), count)

@@ -7,7 +7,8 @@ Two forms describe the same thing. The command line:
 Each source is `name[column]=SPEC[:weight]`. SPEC is a file spec as for
 train_file (a path, glob or comma list: a part without `name=` continues the
 previous source's list), `tfds:NAME[/CONFIG]`, or `hf:NAME` (a Hugging Face
-hub name, data folder or save_to_disk directory). SPEC may itself hold ':'
+hub name, data folder or save_to_disk directory; a configuration name only in
+the JSON form). SPEC may itself hold ':'
 (gs://, tfds:), so only a last ':' part that reads as a number is the weight;
 `[column]` sets the source's text column. A part starts a new source when the
 text before its first '=' holds no '/', ':' or '\\', so a path such as
@@ -297,7 +298,7 @@ def weights(sources, sizes=None, temperature=None):
 
 
 def source_config(config: DataConfig, source: Source) -> DataConfig:
-    """The DataConfig that reads `source`: its data fields, the run's options unless it sets them."""
+    """The DataConfig reading `source`: its data fields; the run's options unless it sets them."""
     data = {key: getattr(source, key) for key in _DATA_FIELDS}
     options = {key: getattr(source, key) for key in _OPTION_FIELDS
                if getattr(source, key) is not None}
