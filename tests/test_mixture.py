@@ -157,9 +157,10 @@ def test_two_hosts_read_disjoint_shares_of_every_source(tmp_path, tokenizer, voc
             lines = tokenizer.batch_decode(batch["input_ids"].numpy(), skip_special_tokens=True)
             for line, source, epoch in zip(lines, batch["source"].numpy(),
                                            batch["epoch"].numpy()):
-                (done.add if epoch else seen[source].append)(source)
-                if not epoch:
-                    seen[source][-1] = line
+                if epoch:
+                    done.add(source)
+                else:
+                    seen[source].append(line)
             if len(done) == 3:
                 break
         hosts.append(seen)

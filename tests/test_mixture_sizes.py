@@ -16,7 +16,7 @@ from pipeline.mixture_spec import parse_mixture, weights
 LINES = [f"line {i} " + "y" * (i % 7) for i in range(120)]
 
 
-class MixtureTinyText(tfds.core.GeneratorBasedBuilder):
+class WeighedCorpus(tfds.core.GeneratorBasedBuilder):
     """A text dataset generated locally; nothing is downloaded."""
 
     VERSION = tfds.core.Version("1.0.0")
@@ -74,10 +74,10 @@ def test_gzip_bytes_are_a_unit_of_their_own(tmp_path):
 
 
 def test_tfds_sizes_come_from_its_info(tmp_path, monkeypatch):
-    MixtureTinyText(data_dir=str(tmp_path)).download_and_prepare(file_format="tfrecord")
+    WeighedCorpus(data_dir=str(tmp_path)).download_and_prepare(file_format="tfrecord")
     monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))
-    config = DataConfig(dataset_name="tfds:mixture_tiny_text")
-    stored = sum(f.stat().st_size for f in tmp_path.glob("mixture_tiny_text/*/*.tfrecord*"))
+    config = DataConfig(dataset_name="tfds:weighed_corpus")
+    stored = sum(f.stat().st_size for f in tmp_path.glob("weighed_corpus/*/*.tfrecord*"))
     text_bytes = sum(len(line.encode()) for line in LINES)
     size, unit = source_size(config)
     assert unit == "bytes" and text_bytes < size <= stored
