@@ -260,13 +260,13 @@ def needs_sizes(sources):
     return any(s.weight is None for s in sources)
 
 
-def weights(sources, sizes=None, temperature=None):
+def weights(sources, sizes=None, temperature=None, flag="train_mixture"):
     """Each source's probability (summing to 1), in source order.
 
     `sizes` holds, per source, a (size, unit) pair or None where unknown; it
-    is read only for sources without a weight. Sources were validated by
-    parse_mixture with the same temperature.
+    is read only for sources without a weight.
     """
+    _check_weights(sources, temperature, flag)  # parse_mixture may have had no temperature
     if not needs_sizes(sources):
         total = sum(s.weight for s in sources)
         return [s.weight / total for s in sources]

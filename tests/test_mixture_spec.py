@@ -115,6 +115,12 @@ def test_temperature_mistakes(value, temperature, message):
     assert str(error.value) == message
 
 
+def test_weights_recheck_the_temperature_rules():
+    sources = parse_mixture("a=x:0.3,b=y,c=z", temperature=2.0)
+    with pytest.raises(InputError, match="source 'b': weight: missing, while 'a' has one"):
+        weights(sources, [None, (5, "bytes"), (5, "bytes")])  # the temperature left out
+
+
 def test_the_flag_is_named_in_messages():
     with pytest.raises(InputError, match="^validation_mixture: source 'a': weight"):
         parse_mixture("a=x:0", flag="validation_mixture")
