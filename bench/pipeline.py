@@ -7,9 +7,14 @@ their ratio (goal >= 0.9), time_to_first_batch_s and peak_rss_mb; plus the
 same comparison in process CPU time per token, steadier on a shared
 machine. Without --train_file/--tokenizer it builds the embedded corpus
 (repeated to --corpus_mb) and a WordPiece tokenizer in a temporary directory.
+With --mixture_sources N the file's lines are dealt round-robin into N files
+mixed as one mixture (weights by size): `ratio` and `cpu_ratio` are then the
+mixture's, `single_source_ratio` and `single_source_cpu_ratio` the one
+file's, measured in the same run.
 
     python bench/pipeline.py [--train_file F --tokenizer DIR] [--max_seq_length 128]
         [--batch_size 256] [--line_by_line] [--whole_word_masking] [--seconds 20]
+        [--mixture_sources N]
 """
 
 import os
@@ -25,6 +30,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
+import functools  # noqa: E402
 import itertools  # noqa: E402
 import json  # noqa: E402
 import resource  # noqa: E402
@@ -32,8 +38,11 @@ import shutil  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 
+import tensorflow as tf  # noqa: E402
+
 from pipeline import config as config_lib  # noqa: E402
-from pipeline import corpus, inputs, tokenize, vocab  # noqa: E402
+from pipeline import corpus, inputs, masking, mixture, mixture_spec, sources  # noqa: E402
+from pipeline import tokenize, vocab  # noqa: E402
 
 GOAL_RATIO = 0.9
 _READ_LINES = 1024
@@ -58,11 +67,35 @@ def _cpu_seconds():
     return times.user + times.system
 
 
-def _pipeline_rate(config, tokenizer, batch_size, seconds):
-    """(real tokens/s, process CPU µs per token, seconds to the first batch) of train_dataset."""
+def _deal_lines(path, count, directory):
+    """`count` files in `directory` holding the lines of the text file `path` dealt round-robin."""
+    parts = [pathlib.Path(directory, f"source-{k}-of-{count}.txt") for k in range(count)]
+    with contextlib.ExitStack() as stack:
+        outs = [stack.enter_context(p.open("w", encoding="utf-8")) for p in parts]
+        with path.open(encoding="utf-8") as f:
+            for index, line in enumerate(f):
+                outs[index % count].write(line)
+    return parts
+
+
+def _mixture_dataset(config, tokenizer, files, batch_size):
+    """train_dataset's stages with the one source replaced by a mixture of `files`."""
+    vocabulary = tokenize.vocabulary(tokenizer)
+    spec = mixture_spec.parse_mixture(",".join(f"s{k}={f}" for k, f in enumerate(files)))
+    one_epoch = functools.partial(
+        inputs._examples, tokenizer=tokenizer, vocab=vocabulary, split="train",
+        process_index=0, process_count=1, shuffle=True, num_epochs=1, keep_remainder=False)
+    examples, _ = mixture.train_examples(config, spec, one_epoch)
+    masker = masking.masker(vocabulary, config, whole_words=mixture.whole_words(config, spec))
+    ds = examples.rebatch(batch_size, drop_remainder=True).enumerate()
+    return sources.checkpointable(ds.map(masker, num_parallel_calls=tf.data.AUTOTUNE).prefetch(
+        tf.data.AUTOTUNE))
+
+
+def _pipeline_rate(dataset, seconds):
+    """(real tokens/s, process CPU µs per token, seconds to the first batch) of a dataset."""
     start = time.perf_counter()
-    iterator = iter(inputs.train_dataset(config, tokenizer, per_device_batch_size=batch_size,
-                                         local_device_count=1))
+    iterator = iter(dataset())
     next(iterator)["input_ids"].numpy()
     first = time.perf_counter() - start
     tokens = 0
@@ -124,6 +157,8 @@ def main(argv=None):
     parser.add_argument("--line_by_line", action="store_true")
     parser.add_argument("--whole_word_masking", action="store_true")
     parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--mixture_sources", type=int, default=0,
+                        help="Also measure a mixture of this many sources (ratio is then its).")
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -141,7 +176,15 @@ def main(argv=None):
             line_by_line=args.line_by_line, whole_word_masking=args.whole_word_masking)
         with _tokenizer_thread_pool():
             limit, limit_cpu = _tokenizer_rate(train_file, tokenizer, args.seconds)
-        rate, cpu, first = _pipeline_rate(config, tokenizer, args.batch_size, args.seconds)
+        rate, cpu, first = _pipeline_rate(functools.partial(
+            inputs.train_dataset, config, tokenizer, per_device_batch_size=args.batch_size,
+            local_device_count=1), args.seconds)
+        single = {"single_source_ratio": round(rate / limit, 3),
+                  "single_source_cpu_ratio": round(limit_cpu / cpu, 3)}
+        if args.mixture_sources:
+            files = _deal_lines(pathlib.Path(train_file), args.mixture_sources, tmp)
+            rate, cpu, first = _pipeline_rate(functools.partial(
+                _mixture_dataset, config, tokenizer, files, args.batch_size), args.seconds)
         result = {
             "bench": "pipeline",
             "tokens_per_sec": round(rate),
@@ -164,6 +207,8 @@ def main(argv=None):
             "line_by_line": args.line_by_line,
             "whole_word_masking": args.whole_word_masking,
         }
+        if args.mixture_sources:
+            result.update(mixture_sources=args.mixture_sources, **single)
     print(json.dumps(result))
 
 
