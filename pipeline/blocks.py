@@ -70,7 +70,7 @@ class BlockTable:
         return int(self.first_blocks[-1])
 
 
-def _file_size(path):
+def file_size(path):
     return tf.io.gfile.stat(path).length
 
 
@@ -83,7 +83,7 @@ def block_table(files, block_bytes=BLOCK_BYTES, process_count=1):
     if block_bytes < 1:
         raise InputError(f"read_block_bytes must be positive, not {block_bytes}")
     with concurrent.futures.ThreadPoolExecutor(min(_STAT_THREADS, len(files))) as pool:
-        sizes = tuple(pool.map(_file_size, files))
+        sizes = tuple(pool.map(file_size, files))
     share = -(-sum(sizes) // (process_count * MIN_BLOCKS_PER_HOST))
     return BlockTable(tuple(files), sizes, max(1, min(block_bytes, share)))
 
@@ -178,13 +178,29 @@ def block_lines(table, block, max_line_bytes=MAX_LINE_BYTES):
     text, start = tf.numpy_function(
         functools.partial(read_block, max_line_bytes=max_line_bytes),
         [path, offset, size, is_last], (tf.string, tf.int64), stateful=False)
-    text.set_shape([])
     start.set_shape([])
-    lines = tf.strings.split(tf.strings.regex_replace(text, "\r", ""), "\n")
-    # The piece after a final newline (or of an empty block) is no line.
-    count = tf.size(lines) - tf.cast(tf.equal(lines[-1], ""), tf.int32)
-    return {"raw": lines[:count], "path": path, "first": tf.constant(1, tf.int64),
+    return {"raw": _split_lines(text), "path": path, "first": tf.constant(1, tf.int64),
             "start": start}
+
+
+def read_range(path, start, end):
+    """Bytes [start, end) of a file: whole lines, when both are line starts."""
+    with CALLS, tf.io.gfile.GFile(os.fsdecode(path), "rb") as f:
+        f.seek(int(start))
+        return f.read(int(end - start))
+
+
+def range_lines(path, start, end):
+    """[n] lines of bytes [start, end) of a file (both line starts), as TextLineDataset splits."""
+    text = tf.numpy_function(read_range, [path, start, end], tf.string, stateful=False)
+    return _split_lines(text)
+
+
+def _split_lines(text):
+    """[n] lines of a string of whole lines; the piece after a final newline is no line."""
+    lines = tf.strings.split(tf.strings.regex_replace(tf.reshape(text, []), "\r", ""), "\n")
+    count = tf.size(lines) - tf.cast(tf.equal(lines[-1], ""), tf.int32)
+    return lines[:count]
 
 
 def epoch_batches(table, epoch, read, *, seed, shuffle, process_index, process_count,

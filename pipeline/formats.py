@@ -8,7 +8,6 @@ InputError; those only visible deep in a file fail when that batch is read,
 with a message that still names the file and the line.
 """
 
-import contextlib
 import csv
 import functools
 import gzip
@@ -20,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 from google.protobuf.message import DecodeError
 
-from pipeline import blocks, sharding
+from pipeline import blocks
 from pipeline.errors import InputError
 from pipeline.python_calls import CALLS
 
@@ -286,77 +285,3 @@ def _parse_examples(batch, column):
         tf.cast(values.indices[:, 0], tf.int32), minlength=tf.size(records), dtype=tf.int32)
     return _checked(values.values, tf.not_equal(counts, 1), batch, "record",
                     f" has no single bytes feature {column!r}")
-
-
-def with_refs(text_path, ref_path, *, process_index, process_count, shuffle,
-              seed, batch_size, invalid_utf8="error"):
-    """Text batches zipped with their Chinese reference lines (run_chinese_ref.py format).
-
-    The ref file has one line per non-blank text line. Both streams drop
-    their blank lines and are re-cut into full batches, so they align;
-    "ref_lines" keeps each pair's line numbers for error messages.
-    """
-    del shuffle, seed  # one file: nothing to reorder before the line shuffle
-    check_refs(text_path, ref_path)
-
-    def lines(path):
-        """{"text", "line": its number in the file} for each non-blank line."""
-        def numbered(b):
-            text = valid_utf8(b["raw"], invalid_utf8, b)
-            return sharding.keep_lines(
-                {"text": text, "line": b["first"] + tf.range(tf.size(text, tf.int64))})
-
-        raw = read_file(path, "txt", compression_of(path), batch_size)
-        return raw.map(numbered).unbatch()
-
-    def one_epoch(epoch):
-        del epoch
-        ds = tf.data.Dataset.zip(lines(text_path), lines(ref_path)).batch(batch_size)
-        ds = ds.map(lambda t, r: {"text": t["text"], "chinese_ref": tf.strings.strip(r["text"]),
-                                  "ref_lines": tf.stack([t["line"], r["line"]], axis=1)})
-        return sharding.shard_batches(ds, process_index, process_count)
-
-    return one_epoch
-
-
-def _decoded_lines(path):
-    """The lines of a local or gs:// file (gunzipped), invalid UTF-8 replaced.
-
-    For counting lines: invalid bytes are the tf.data stage's to report, with
-    --invalid_utf8, not a reason to fail here without a line number.
-    """
-    with tf.io.gfile.GFile(path, "rb") as raw:
-        stream = gzip.GzipFile(fileobj=raw) if compression_of(path) else raw
-        for line in stream:
-            yield line.decode("utf-8", "replace")
-
-
-def check_refs(text_path, ref_path):
-    """Ref lines must be JSON lists of integers, one per non-blank text line."""
-    if not tf.io.gfile.exists(ref_path):
-        raise InputError(f"reference file {ref_path!r} (for {text_path}) not found")
-
-    def mismatch(number, what):
-        return InputError(f"reference file {ref_path} does not match text file {text_path}: "
-                          f"ref line {number}: {what}")
-
-    with contextlib.closing(_decoded_lines(text_path)) as text, contextlib.closing(
-            _decoded_lines(ref_path)) as refs:
-        text_lines = (n for n, line in enumerate(text, 1) if not is_blank(line))
-        ref_lines = (r for r in enumerate(refs, 1) if not is_blank(r[1]))
-        count = 0
-        for count, (number, line) in enumerate(ref_lines, 1):
-            try:
-                ref = json.loads(line)
-            except json.JSONDecodeError:
-                ref = None
-            if not isinstance(ref, list) or not all(
-                    type(i) is int and i >= 0 for i in ref):
-                raise mismatch(number, "expected a JSON list of non-negative integers, got "
-                                       f"{line.strip()[:80]!r}")
-            if next(text_lines, None) is None:
-                raise mismatch(number, f"text file has only {count - 1} non-empty lines")
-        extra = next(text_lines, None)
-        if extra is not None:
-            raise mismatch(count + 1, f"missing; text line {extra} (non-empty line "
-                                      f"{count + 1}) has no reference")

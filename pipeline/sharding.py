@@ -74,12 +74,17 @@ def keep_lines(batch, holdout=None, percentage=0):
     and needs no counting pass; identical lines always land on one side.
     """
     text = batch["text"]
-    keep = tf.logical_not(tf.strings.regex_full_match(text, _BLANK))  # cheaper than strip
+    keep = tf.logical_not(blank(text))
     if holdout is not None:
         held = tf.strings.to_hash_bucket_fast(text, _HASH_BUCKETS) < int(
             round(percentage * _HASH_BUCKETS / 100))
         keep &= held if holdout == "validation" else tf.logical_not(held)
     return {key: tf.boolean_mask(value, keep) for key, value in batch.items()}
+
+
+def blank(text):
+    """[n] bool: lines of ASCII whitespace only (formats.is_blank's rule), cheaper than strip."""
+    return tf.strings.regex_full_match(text, _BLANK)
 
 
 def not_empty(batch):

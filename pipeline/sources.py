@@ -11,7 +11,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from pipeline import blocks, formats, sharding
+from pipeline import blocks, formats, refs, sharding
 from pipeline.errors import InputError
 
 _MAX_INTERLEAVE = 4  # files read at once; also mixes their batches
@@ -99,26 +99,27 @@ def _file_epochs(config, split, **read):
         if len(files) != 1 or fmt != "txt":
             raise InputError(
                 f"reference file {ref} needs exactly one .txt text file, got {files}")
-        return formats.with_refs(files[0], ref, invalid_utf8=config.invalid_utf8,
-                                 **read), holdout
+        if formats.compression_of(files[0]) or formats.compression_of(ref):
+            return refs.sequential_epochs(files[0], ref, config.invalid_utf8, **read), holdout
+        table = blocks.block_table(files, config.read_block_bytes, read["process_count"])
+        return _block_epochs(table, refs.block_reader(files[0], ref, table, config.invalid_utf8),
+                             config, **read), holdout
     formats.check_file(files[0], fmt, config.text_column)
     parse = formats.parse_fn(fmt, config.text_column, config.invalid_utf8)
     if fmt in ("txt", "json") and not any(map(formats.compression_of, files)):
-        return _block_epochs(files, parse, config, **read), holdout
+        table = blocks.block_table(files, config.read_block_bytes, read["process_count"])
+        return _block_epochs(table, lambda block: parse(blocks.block_lines(table, block)),
+                             config, **read), holdout
     return _sequential_epochs(files, fmt, parse, config.text_column, **read), holdout
 
 
-def _block_epochs(files, parse, config, *, process_index, process_count, shuffle, seed,
-                  batch_size):
-    """Uncompressed text or JSON lines: blocks over all files, in a fresh order each epoch."""
-    table = blocks.block_table(files, config.read_block_bytes, process_count)
+def _block_epochs(table, read, config, **how):
+    """epoch -> batches of uncompressed files, read as blocks in that epoch's order.
 
-    def read(block):
-        return parse(blocks.block_lines(table, block))
-
-    return lambda epoch: blocks.epoch_batches(
-        table, epoch, read, seed=seed, shuffle=shuffle, process_index=process_index,
-        process_count=process_count, batch_size=batch_size, blocks_mixed=config.blocks_mixed)
+    read: block id -> its parsed lines.
+    """
+    return lambda epoch: blocks.epoch_batches(table, epoch, read, blocks_mixed=config.blocks_mixed,
+                                              **how)
 
 
 def _sequential_epochs(files, fmt, parse, column, *, process_index, process_count, shuffle,
