@@ -84,7 +84,7 @@ def block_table(files, block_bytes=BLOCK_BYTES, process_count=1):
         raise InputError(f"read_block_bytes must be positive, not {block_bytes}")
     with concurrent.futures.ThreadPoolExecutor(min(_STAT_THREADS, len(files))) as pool:
         sizes = tuple(pool.map(file_size, files))
-    share = -(-sum(sizes) // (process_count * MIN_BLOCKS_PER_HOST))
+    share = sum(sizes) // (process_count * MIN_BLOCKS_PER_HOST)
     return BlockTable(tuple(files), sizes, max(1, min(block_bytes, share)))
 
 
@@ -112,6 +112,11 @@ def _locate(table, block):
     return tf.gather(tf.constant(table.files), file), offset, size, is_last
 
 
+def _open(path):
+    """A binary reader: Python's own for a local file (30x cheaper to open), else TensorFlow's."""
+    return tf.io.gfile.GFile(path, "rb") if "://" in path else open(path, "rb")
+
+
 def read_block(path, offset, size, to_end, max_line_bytes=MAX_LINE_BYTES):
     """(the bytes of the lines that start in [offset, offset + size), where the first starts).
 
@@ -119,7 +124,7 @@ def read_block(path, offset, size, to_end, max_line_bytes=MAX_LINE_BYTES):
     text ends with the last line's newline (or at the end of the file).
     """
     path, offset, size = os.fsdecode(path), int(offset), int(size)
-    with CALLS, tf.io.gfile.GFile(path, "rb") as f:
+    with CALLS, _open(path) as f:
         if offset:
             f.seek(offset - 1)  # the byte before the block: a newline there starts a line
         data = f.read() if to_end else f.read(size + (offset > 0))
@@ -139,15 +144,16 @@ def _finish_line(f, path, data, offset, max_line_bytes):
     pieces, length = [data], len(data) - line_start
     while piece := f.read(_PIECE_BYTES):
         end = piece.find(b"\n")
-        pieces.append(piece if end < 0 else piece[:end + 1])
-        length += len(pieces[-1])
+        length += len(piece) if end < 0 else end
         if length > max_line_bytes:
             number = line_number(path, 1, offset + line_start)
             raise InputError(
                 f"{path}: line {number} is longer than {max_line_bytes} bytes, the limit for "
                 "one line; is this a text file with one example per line?")
         if end >= 0:
+            pieces.append(piece[:end + 1])
             break
+        pieces.append(piece)
     return b"".join(pieces)
 
 
@@ -162,7 +168,7 @@ def line_number(path, number, start):
     number, start = int(number), int(start)
     if start <= 0:
         return number
-    with tf.io.gfile.GFile(path, "rb") as f:
+    with _open(path) as f:
         while start > 0:
             piece = f.read(min(start, _COUNT_BYTES))
             if not piece:
@@ -185,7 +191,7 @@ def block_lines(table, block, max_line_bytes=MAX_LINE_BYTES):
 
 def read_range(path, start, end):
     """Bytes [start, end) of a file: whole lines, when both are line starts."""
-    with CALLS, tf.io.gfile.GFile(os.fsdecode(path), "rb") as f:
+    with CALLS, _open(os.fsdecode(path)) as f:
         f.seek(int(start))
         return f.read(int(end - start))
 
