@@ -10,6 +10,7 @@ machine. Without --train_file/--tokenizer it builds the embedded corpus
 
     python bench/pipeline.py [--train_file F --tokenizer DIR] [--max_seq_length 128]
         [--batch_size 256] [--line_by_line] [--whole_word_masking] [--seconds 20]
+        [--corpus_mb N] [--read_block_bytes B] [--blocks_mixed K]
 """
 
 import os
@@ -124,6 +125,9 @@ def main(argv=None):
     parser.add_argument("--line_by_line", action="store_true")
     parser.add_argument("--whole_word_masking", action="store_true")
     parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--read_block_bytes", type=int,
+                        default=config_lib.DataConfig.read_block_bytes)
+    parser.add_argument("--blocks_mixed", type=int, default=config_lib.DataConfig.blocks_mixed)
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -138,7 +142,8 @@ def main(argv=None):
         tokenizer = inputs.load_tokenizer(tokenizer_dir)
         config = config_lib.DataConfig(
             train_file=str(train_file), max_seq_length=args.max_seq_length,
-            line_by_line=args.line_by_line, whole_word_masking=args.whole_word_masking)
+            line_by_line=args.line_by_line, whole_word_masking=args.whole_word_masking,
+            read_block_bytes=args.read_block_bytes, blocks_mixed=args.blocks_mixed)
         with _tokenizer_thread_pool():
             limit, limit_cpu = _tokenizer_rate(train_file, tokenizer, args.seconds)
         rate, cpu, first = _pipeline_rate(config, tokenizer, args.batch_size, args.seconds)
@@ -163,6 +168,8 @@ def main(argv=None):
             "batch_size": args.batch_size,
             "line_by_line": args.line_by_line,
             "whole_word_masking": args.whole_word_masking,
+            "read_block_bytes": args.read_block_bytes,
+            "blocks_mixed": args.blocks_mixed,
         }
     print(json.dumps(result))
 

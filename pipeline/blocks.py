@@ -29,6 +29,7 @@ dropped, no empty line after a final newline.
 import concurrent.futures
 import dataclasses
 import functools
+import logging
 import os
 
 import numpy as np
@@ -49,6 +50,7 @@ MIN_BLOCKS_PER_HOST = 16
 _STAT_THREADS = 32  # remote stats take tens of milliseconds each
 _PIECE_BYTES = 64 << 10  # read past a block's end in pieces this large, until a line ends
 _COUNT_BYTES = 1 << 20  # pieces of a file read when counting its lines for an error message
+_GCS_READAHEAD = "GCS_READ_CACHE_BLOCK_SIZE_MB"  # TensorFlow's gs:// readahead, 64 by default
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,6 +84,11 @@ def block_table(files, block_bytes=BLOCK_BYTES, process_count=1):
     """
     if block_bytes < 1:
         raise InputError(f"read_block_bytes must be positive, not {block_bytes}")
+    if any(f.startswith("gs://") for f in files) and _GCS_READAHEAD not in os.environ:
+        logging.getLogger(__name__).warning(
+            "gs:// text is read in blocks, and TensorFlow fetches up to 64 MB for each block "
+            "unless %s is set (in MB; 1 suits blocks of 1 MiB) before it starts",
+            _GCS_READAHEAD)
     with concurrent.futures.ThreadPoolExecutor(min(_STAT_THREADS, len(files))) as pool:
         sizes = tuple(pool.map(file_size, files))
     share = sum(sizes) // (process_count * MIN_BLOCKS_PER_HOST)

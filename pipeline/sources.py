@@ -2,7 +2,7 @@
 
 `line_batches` is the pipeline's first stage. It yields {"text": [n]}
 (plus "chinese_ref" and "ref_lines" when the split has a reference file) with blank lines
-removed, one epoch per iteration, sharded per host and optionally shuffled.
+removed, epoch after epoch, sharded per host and optionally shuffled.
 """
 
 import itertools
@@ -118,8 +118,8 @@ def _block_epochs(table, read, config, **how):
 
     read: block id -> its parsed lines.
     """
-    return lambda epoch: blocks.epoch_batches(table, epoch, read, blocks_mixed=config.blocks_mixed,
-                                              **how)
+    return lambda epoch: blocks.epoch_batches(table, epoch, read,
+                                              blocks_mixed=config.blocks_mixed, **how)
 
 
 def _sequential_epochs(files, fmt, parse, column, *, process_index, process_count, shuffle,
