@@ -213,7 +213,9 @@ def _split_lines(text):
     """[n] lines of a string of whole lines; the piece after a final newline is no line."""
     lines = tf.strings.split(tf.strings.regex_replace(tf.reshape(text, []), "\r", ""), "\n")
     count = tf.size(lines) - tf.cast(tf.equal(lines[-1], ""), tf.int32)
-    return lines[:count]
+    # A gather, not a slice: a slice shares its buffer, and a saved iterator holding one
+    # logs "Tensor RefCount not reliable" for it.
+    return tf.gather(lines, tf.range(count))
 
 
 def epoch_batches(table, epoch, read, *, seed, shuffle, process_index, process_count,
