@@ -14,7 +14,7 @@ file's, measured in the same run.
 
     python bench/pipeline.py [--train_file F --tokenizer DIR] [--max_seq_length 128]
         [--batch_size 256] [--line_by_line] [--whole_word_masking] [--seconds 20]
-        [--mixture_sources N]
+        [--corpus_mb N] [--read_block_bytes B] [--blocks_mixed K] [--mixture_sources N]
 """
 
 import os
@@ -159,6 +159,9 @@ def main(argv=None):
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--mixture_sources", type=int, default=0,
                         help="Also measure a mixture of this many sources (ratio is then its).")
+    parser.add_argument("--read_block_bytes", type=int,
+                        default=config_lib.DataConfig.read_block_bytes)
+    parser.add_argument("--blocks_mixed", type=int, default=config_lib.DataConfig.blocks_mixed)
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -173,7 +176,8 @@ def main(argv=None):
         tokenizer = inputs.load_tokenizer(tokenizer_dir)
         config = config_lib.DataConfig(
             train_file=str(train_file), max_seq_length=args.max_seq_length,
-            line_by_line=args.line_by_line, whole_word_masking=args.whole_word_masking)
+            line_by_line=args.line_by_line, whole_word_masking=args.whole_word_masking,
+            read_block_bytes=args.read_block_bytes, blocks_mixed=args.blocks_mixed)
         with _tokenizer_thread_pool():
             limit, limit_cpu = _tokenizer_rate(train_file, tokenizer, args.seconds)
         rate, cpu, first = _pipeline_rate(functools.partial(
@@ -206,6 +210,8 @@ def main(argv=None):
             "batch_size": args.batch_size,
             "line_by_line": args.line_by_line,
             "whole_word_masking": args.whole_word_masking,
+            "read_block_bytes": args.read_block_bytes,
+            "blocks_mixed": args.blocks_mixed,
         }
         if args.mixture_sources:
             result.update(mixture_sources=args.mixture_sources, **single)

@@ -7,6 +7,8 @@ benchmark fill it from their own flags.
 import dataclasses
 from typing import Optional
 
+from pipeline import blocks
+
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
@@ -22,7 +24,10 @@ class DataConfig:
     validation_split_percentage: int = 5  # held out of the training stream when no validation source
     text_column: str = "text"
     invalid_utf8: str = "error"  # "error": fail naming file and line; "replace": U+FFFD
-    shuffle_buffer_size: int = 10_000
+    shuffle_buffer_size: int = 10_000  # lines in the training stream's last, bounded shuffle
+    # Uncompressed text and JSON lines are read as blocks in a random order each epoch.
+    read_block_bytes: int = blocks.BLOCK_BYTES
+    blocks_mixed: int = blocks.BLOCKS_MIXED  # blocks whose lines are permuted together
 
     # Tokenize and pack.
     max_seq_length: int = 128

@@ -8,7 +8,6 @@ InputError; those only visible deep in a file fail when that batch is read,
 with a message that still names the file and the line.
 """
 
-import contextlib
 import csv
 import functools
 import gzip
@@ -20,8 +19,9 @@ import numpy as np
 import tensorflow as tf
 from google.protobuf.message import DecodeError
 
-from pipeline import line_reader, sharding
+from pipeline import blocks
 from pipeline.errors import InputError
+from pipeline.python_calls import CALLS
 
 _GLOB_CHARS = re.compile(r"[*?\[]")
 _EXTENSIONS = {
@@ -106,7 +106,10 @@ def check_file(path, fmt, column):
         with open_text(path) as f:
             for number, line in enumerate(f, 1):
                 if not is_blank(line):
-                    _json_text(line, path, number, column)
+                    try:
+                        _json_text(line, column)
+                    except _BadRecord as e:
+                        raise InputError(f"{path}: line {number}: {e}") from e
                     return
     elif fmt == "csv":
         csv_column_index(path, column)
@@ -136,28 +139,33 @@ def _check_example(record, path, column):
             f"(features: {sorted(feature)})")
 
 
-def _json_text(line, path, number, column):
+class _BadRecord(ValueError):
+    """What is wrong with one JSON line; the caller adds the file and the line number."""
+
+
+def _json_text(line, column):
     try:
         record = json.loads(line)
     except json.JSONDecodeError as e:
-        raise InputError(f"{path}: line {number}: malformed JSON ({e})") from e
+        raise _BadRecord(f"malformed JSON ({e})") from e
     if not isinstance(record, dict) or column not in record:
-        raise InputError(f"{path}: line {number}: expected a JSON object with key {column!r}")
+        raise _BadRecord(f"expected a JSON object with key {column!r}")
     text = record[column]
     if text is None:
         return ""
     if not isinstance(text, str):
-        raise InputError(f"{path}: line {number}: {column!r} is {type(text).__name__}, not text")
+        raise _BadRecord(f"{column!r} is {type(text).__name__}, not text")
     return text
 
 
 def read_file(path, fmt, compression, batch_size, column_index=0):
-    """Raw batches of one file: what `parse_fn(fmt, column)` turns into {"text": [n]}.
+    """Raw batches of one file read front to back (compressed text, CSV, TFRecord).
 
-    Each carries the file and the number of its first line (CSV: data row,
-    tfrecord: record), so that errors found while parsing can name both.
-    compression: a tf.data compression_type (a string or string tensor), or
-    None for a file known to be uncompressed (text is then read in chunks).
+    What `parse_fn(fmt, column)` turns into {"text": [n]}. Each carries the
+    file and the number of its first line (CSV: data row, tfrecord: record)
+    as "first", and "start" 0 (see `line_number`), so that errors found
+    while parsing can name both. compression: a tf.data compression_type.
+    Uncompressed text and JSON lines are read as blocks instead (`blocks`).
     """
     if fmt == "csv":
         batches = tf.data.experimental.CsvDataset(
@@ -166,30 +174,35 @@ def read_file(path, fmt, compression, batch_size, column_index=0):
     elif fmt == "tfrecord":
         batches = tf.data.TFRecordDataset(path, compression).batch(batch_size)
     else:
-        batches = line_reader.line_batches(path, batch_size, compression)
+        batches = tf.data.TextLineDataset(path, compression).batch(batch_size)
     return batches.enumerate().map(
-        lambda i, raw: {"raw": raw, "path": path, "first": i * batch_size + 1})
+        lambda i, raw: {"raw": raw, "path": path, "first": i * batch_size + 1,
+                        "start": tf.constant(0, tf.int64)})
 
 
 def parse_fn(fmt, column, invalid_utf8="error"):
-    """Raw batch -> {"text": [n]}, valid UTF-8 (bad bytes replaced, or an error: invalid_utf8)."""
+    """Raw batch -> {"text": [n]}, valid UTF-8 (bad bytes replaced, or an error: invalid_utf8).
+
+    A raw batch is {"raw": [n], "path", "first", "start"}: raw[i] is line
+    `first + i` counted from byte `start` of the file (`blocks.line_number`).
+    """
     if fmt == "json":  # parsed in Python, which decodes (and checks) each line itself
-        return lambda b: {"text": _parse_json(b["raw"], b["path"], b["first"], column,
-                                              invalid_utf8)}
+        return lambda b: {"text": _parse_json(b, column, invalid_utf8)}
     unit = _UNITS.get(fmt, "line")
 
     def parse(b):
         text = b["raw"]
         if fmt == "tfrecord":
-            text = _parse_examples(text, b["path"], b["first"], column)
-        return {"text": valid_utf8(text, invalid_utf8, b["path"], b["first"], unit)}
+            text = _parse_examples(b, column)
+        return {"text": valid_utf8(text, invalid_utf8, b, unit)}
 
     return parse
 
 
-def valid_utf8(text, invalid_utf8, path, first, unit="line"):
+def valid_utf8(text, invalid_utf8, where, unit="line"):
     """Lines with invalid UTF-8 bytes as U+FFFD ("replace"), or failing at the first ("error").
 
+    where: the raw batch's {"path", "first", "start"}, to name the bad line.
     One vectorized check per batch: RE2 (UTF-8 mode) matches exactly the
     well-formed encodings of every code point but the surrogates, many times
     faster than transcoding; only a batch with a bad line is transcoded.
@@ -200,123 +213,75 @@ def valid_utf8(text, invalid_utf8, path, first, unit="line"):
             tf.reduce_any(bad),
             lambda: tf.strings.unicode_transcode(text, "UTF-8", "UTF-8", errors="replace"),
             lambda: text)
-    number = first + tf.argmax(tf.cast(bad, tf.int64))
-    return _checked(text, tf.logical_not(tf.reduce_any(bad)), path, f": {unit} ", number,
+    return _checked(text, bad, where, unit,
                     ": invalid UTF-8; pass --invalid_utf8 replace to replace invalid bytes "
                     "with U+FFFD")
 
 
-def _checked(value, ok, *message):
-    """`value`, once `ok` holds; else the batch fails with "InputError: <message>".
+def _checked(value, bad, where, unit, what):
+    """`value`, if no element is `bad`; else the batch fails with "InputError: <message>".
 
-    The trainer finds that text in the tf.data error (errors.message_in).
+    The message names the file and the first bad element's number, which is
+    counted only then. The trainer finds that text in the tf.data error
+    (errors.message_in).
     """
-    parts = [p if isinstance(p, str) or p.dtype == tf.string else tf.strings.as_string(p)
-             for p in message]
-    check = tf.debugging.Assert(ok, [tf.strings.join(["InputError: ", *parts])])
+    ok = tf.logical_not(tf.reduce_any(bad))
+    index = tf.argmax(tf.cast(bad, tf.int64))
+
+    def message():
+        text = tf.numpy_function(
+            functools.partial(_error_message, unit=unit, what=what),
+            [where["path"], where["first"] + index, where["start"]], tf.string, stateful=False)
+        return tf.reshape(text, [])
+
+    check = tf.debugging.Assert(ok, [tf.cond(ok, lambda: tf.constant(""), message)])
     with tf.control_dependencies([check]):
         return tf.identity(value)
 
 
-def _parse_json(lines, path, first, column, invalid_utf8):
+def _error_message(path, number, start, unit, what):
+    path = path.decode()
+    return f"InputError: {path}: {unit} {blocks.line_number(path, number, start)}{what}".encode()
+
+
+def _parse_json(batch, column, invalid_utf8):
     # A module-level function, so AutoGraph leaves the per-line Python alone (10x faster).
     parse = functools.partial(_json_texts, column=column, invalid_utf8=invalid_utf8)
-    text = tf.numpy_function(parse, [lines, path, first], tf.string, stateful=False)
+    text = tf.numpy_function(parse, [batch["raw"], batch["path"], batch["first"],
+                                     batch["start"]], tf.string, stateful=False)
     text.set_shape([None])
     return text
 
 
-def _json_texts(lines, path, first, column, invalid_utf8):
-    path = path.decode()
+def _json_texts(lines, path, first, start, column, invalid_utf8):
+    with CALLS:
+        return _json_lines_texts(lines, path.decode(), first, start, column, invalid_utf8)
+
+
+def _json_lines_texts(lines, path, first, start, column, invalid_utf8):
     texts = []
-    for number, raw in enumerate(lines, first):
+    for index, raw in enumerate(lines):
         try:
             line = raw.decode("utf-8")
         except UnicodeDecodeError as e:
             if invalid_utf8 != "replace":
-                raise InputError(f"{path}: line {number}: invalid UTF-8 ({e.reason} at byte "
-                                 f"{e.start}); pass --invalid_utf8 replace to replace invalid "
-                                 "bytes with U+FFFD") from e
+                raise InputError(
+                    f"{path}: line {blocks.line_number(path, first + index, start)}: invalid "
+                    f"UTF-8 ({e.reason} at byte {e.start}); pass --invalid_utf8 replace to "
+                    "replace invalid bytes with U+FFFD") from e
             line = raw.decode("utf-8", "replace")
-        texts.append("" if is_blank(line) else _json_text(line, path, number, column))
+        try:
+            texts.append("" if is_blank(line) else _json_text(line, column))
+        except _BadRecord as e:
+            raise InputError(
+                f"{path}: line {blocks.line_number(path, first + index, start)}: {e}") from e
     return np.array(texts, dtype=object)
 
 
-def _parse_examples(records, path, first, column):
+def _parse_examples(batch, column):
+    records = batch["raw"]
     values = tf.io.parse_example(records, {column: tf.io.VarLenFeature(tf.string)})[column]
     counts = tf.math.bincount(
         tf.cast(values.indices[:, 0], tf.int32), minlength=tf.size(records), dtype=tf.int32)
-    bad = tf.not_equal(counts, 1)
-    first_bad = first + tf.argmax(tf.cast(bad, tf.int64))
-    return _checked(values.values, tf.logical_not(tf.reduce_any(bad)), path, ": record ",
-                    first_bad, f" has no single bytes feature {column!r}")
-
-
-def with_refs(text_path, ref_path, *, process_index, process_count, shuffle,
-              seed, batch_size, invalid_utf8="error"):
-    """Text batches zipped with their Chinese reference lines (run_chinese_ref.py format).
-
-    The ref file has one line per non-blank text line. Both streams drop
-    their blank lines and are re-cut into full batches, so they align;
-    "ref_lines" keeps each pair's line numbers for error messages.
-    """
-    del shuffle, seed  # one file: nothing to reorder before the line shuffle
-    check_refs(text_path, ref_path)
-
-    def lines(path):
-        """{"text", "line": its number in the file} for each non-blank line."""
-        def numbered(b):
-            text = valid_utf8(b["raw"], invalid_utf8, path, b["first"])
-            return sharding.keep_lines(
-                {"text": text, "line": b["first"] + tf.range(tf.size(text, tf.int64))})
-
-        raw = read_file(path, "txt", compression_of(path) or None, batch_size)
-        return raw.map(numbered).unbatch()
-
-    ds = tf.data.Dataset.zip(lines(text_path), lines(ref_path)).batch(batch_size)
-    ds = ds.map(lambda t, r: {"text": t["text"], "chinese_ref": tf.strings.strip(r["text"]),
-                              "ref_lines": tf.stack([t["line"], r["line"]], axis=1)})
-    return sharding.shard_batches(ds, process_index, process_count)
-
-
-def _decoded_lines(path):
-    """The lines of a local or gs:// file (gunzipped), invalid UTF-8 replaced.
-
-    For counting lines: invalid bytes are the tf.data stage's to report, with
-    --invalid_utf8, not a reason to fail here without a line number.
-    """
-    with tf.io.gfile.GFile(path, "rb") as raw:
-        stream = gzip.GzipFile(fileobj=raw) if compression_of(path) else raw
-        for line in stream:
-            yield line.decode("utf-8", "replace")
-
-
-def check_refs(text_path, ref_path):
-    """Ref lines must be JSON lists of integers, one per non-blank text line."""
-    if not tf.io.gfile.exists(ref_path):
-        raise InputError(f"reference file {ref_path!r} (for {text_path}) not found")
-
-    def mismatch(number, what):
-        return InputError(f"reference file {ref_path} does not match text file {text_path}: "
-                          f"ref line {number}: {what}")
-
-    with contextlib.closing(_decoded_lines(text_path)) as text, contextlib.closing(
-            _decoded_lines(ref_path)) as refs:
-        text_lines = (n for n, line in enumerate(text, 1) if not is_blank(line))
-        ref_lines = (r for r in enumerate(refs, 1) if not is_blank(r[1]))
-        count = 0
-        for count, (number, line) in enumerate(ref_lines, 1):
-            try:
-                ref = json.loads(line)
-            except json.JSONDecodeError:
-                ref = None
-            if not isinstance(ref, list) or not all(
-                    type(i) is int and i >= 0 for i in ref):
-                raise mismatch(number, "expected a JSON list of non-negative integers, got "
-                                       f"{line.strip()[:80]!r}")
-            if next(text_lines, None) is None:
-                raise mismatch(number, f"text file has only {count - 1} non-empty lines")
-        extra = next(text_lines, None)
-        if extra is not None:
-            raise mismatch(count + 1, f"missing; text line {extra} (non-empty line "
-                                      f"{count + 1}) has no reference")
+    return _checked(values.values, tf.not_equal(counts, 1), batch, "record",
+                    f" has no single bytes feature {column!r}")

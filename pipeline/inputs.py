@@ -2,7 +2,7 @@
 
 The stages, each a Dataset -> Dataset function on whole batches of lines:
 
-    sources.line_batches -> repeat -> tokenize -> pack -> rebatch(host batch)
+    sources.line_batches (epochs) -> tokenize -> pack -> rebatch(host batch)
       -> enumerate -> mask (stateless, seeded by position) -> [devices, batch, ...]
       -> prefetch
 
@@ -76,9 +76,8 @@ def _examples(config, tokenizer, vocab, split, *, process_index, process_count, 
               num_epochs, keep_remainder):
     """Fixed-length examples {"input_ids", "word_starts"} in batches of varying size."""
     lines = sources.line_batches(config, split, process_index=process_index,
-                                 process_count=process_count, shuffle=shuffle)
-    if num_epochs != 1:
-        lines = lines.repeat(num_epochs)
+                                 process_count=process_count, shuffle=shuffle,
+                                 num_epochs=num_epochs)
     text_file, ref_file = sources.split_source(config, split)
     tokenized = tokenize.tokenize(
         lines, tokenizer, vocab, ref_source=tokenize.RefSource(text_file, ref_file),

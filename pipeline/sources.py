@@ -2,7 +2,7 @@
 
 `line_batches` is the pipeline's first stage. It yields {"text": [n]}
 (plus "chinese_ref" and "ref_lines" when the split has a reference file) with blank lines
-removed, one epoch per iteration, sharded per host and optionally shuffled.
+removed, epoch after epoch, sharded per host and optionally shuffled.
 """
 
 import collections
@@ -14,7 +14,7 @@ import threading
 import numpy as np
 import tensorflow as tf
 
-from pipeline import formats, sharding
+from pipeline import blocks, formats, refs, sharding
 from pipeline.errors import InputError
 
 _MAX_INTERLEAVE = 4  # files read at once; also mixes their batches
@@ -22,8 +22,13 @@ _MAX_INDEX_SHUFFLE = 1 << 16  # batch starts shuffled at once in a saved dataset
 
 
 def line_batches(config, split, *, process_index=0, process_count=1, shuffle=False,
-                 read_batch_size=1024):
-    """One epoch of {"text": [n]} batches (1 <= n <= read_batch_size) of `split` for this host."""
+                 read_batch_size=1024, num_epochs=1):
+    """{"text": [n]} batches (1 <= n <= read_batch_size) of `split` for this host.
+
+    num_epochs epochs of them, or endless when None. With shuffle, each
+    epoch in a fresh order (uncompressed files: blocks; see `blocks`), then
+    through a bounded buffer of config.shuffle_buffer_size lines.
+    """
     if split not in ("train", "validation"):
         raise ValueError(f"split must be 'train' or 'validation', not {split!r}")
     if not 0 <= process_index < process_count:
@@ -38,17 +43,26 @@ def line_batches(config, split, *, process_index=0, process_count=1, shuffle=Fal
                          f"not {config.invalid_utf8!r}")
     read = dict(process_index=process_index, process_count=process_count, shuffle=shuffle,
                 seed=config.seed, batch_size=read_batch_size)
+
+    def ordered(ds, holdout, epoch):
+        ds = ds.map(
+            lambda b: sharding.keep_lines(b, holdout, config.validation_split_percentage),
+            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).filter(sharding.not_empty)
+        if shuffle:
+            ds = sharding.shuffle_lines(ds, config.shuffle_buffer_size, read_batch_size,
+                                        config.seed, epoch)
+        return ds
+
     if config.dataset_name:
         ds, holdout = _dataset_batches(config, split, **read)
+        # Their own shuffles (and the line buffer's) reshuffle at each repetition.
+        ds = ordered(ds, holdout, 0).repeat(num_epochs)
     elif config.train_file or (split == "validation" and config.validation_file):
-        ds, holdout = _file_batches(config, split, **read)
+        one_epoch, holdout = _file_epochs(config, split, **read)
+        ds = sharding.repeat_epochs(lambda epoch: ordered(one_epoch(epoch), holdout, epoch),
+                                    num_epochs)
     else:
         raise InputError("no data: set train_file (and validation_file) or dataset_name")
-    ds = ds.map(
-        lambda b: sharding.keep_lines(b, holdout, config.validation_split_percentage),
-        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).filter(sharding.not_empty)
-    if shuffle:
-        ds = sharding.shuffle_lines(ds, config.shuffle_buffer_size, read_batch_size, config.seed)
     return checkpointable(ds)
 
 
@@ -78,8 +92,8 @@ def split_source(config, split):
     return config.train_file, config.train_ref_file
 
 
-def _file_batches(config, split, **read):
-    """Batches of train_file/validation_file, and which held-out side to keep (or None)."""
+def _file_epochs(config, split, **read):
+    """(epoch -> that epoch's batches of train_file/validation_file, held-out side or None)."""
     spec, ref = split_source(config, split)
     holdout = None if config.validation_file else split
     files = formats.resolve_files(spec)
@@ -88,42 +102,59 @@ def _file_batches(config, split, **read):
         if len(files) != 1 or fmt != "txt":
             raise InputError(
                 f"reference file {ref} needs exactly one .txt text file, got {files}")
-        return formats.with_refs(files[0], ref, invalid_utf8=config.invalid_utf8,
-                                 **read), holdout
-    return _read_files(files, fmt, config.text_column, config.invalid_utf8, **read), holdout
+        if formats.compression_of(files[0]) or formats.compression_of(ref):
+            return refs.sequential_epochs(files[0], ref, config.invalid_utf8, **read), holdout
+        table = blocks.block_table(files, config.read_block_bytes, read["process_count"])
+        return _block_epochs(table, refs.block_reader(files[0], ref, table, config.invalid_utf8),
+                             config, **read), holdout
+    formats.check_file(files[0], fmt, config.text_column)
+    parse = formats.parse_fn(fmt, config.text_column, config.invalid_utf8)
+    if fmt in ("txt", "json") and not any(map(formats.compression_of, files)):
+        table = blocks.block_table(files, config.read_block_bytes, read["process_count"])
+        return _block_epochs(table, lambda block: parse(blocks.block_lines(table, block)),
+                             config, **read), holdout
+    return _sequential_epochs(files, fmt, parse, config.text_column, **read), holdout
 
 
-def _read_files(files, fmt, column, invalid_utf8, *, process_index, process_count, shuffle,
-                seed, batch_size):
-    """This host's files, interleaved (in a fresh order each epoch when shuffling), parsed."""
+def _block_epochs(table, read, config, **how):
+    """epoch -> batches of uncompressed files, read as blocks in that epoch's order.
+
+    read: block id -> its parsed lines.
+    """
+    return lambda epoch: blocks.epoch_batches(table, epoch, read,
+                                              blocks_mixed=config.blocks_mixed, **how)
+
+
+def _sequential_epochs(files, fmt, parse, column, *, process_index, process_count, shuffle,
+                       seed, batch_size):
+    """Compressed files, CSV, TFRecord: read front to back, a few interleaved.
+
+    This host's files, in a fresh order each epoch when shuffling (the same
+    order on every host, so that hosts sharing files can split their batches).
+    """
     files, shard_elements = sharding.host_files(files, process_index, process_count)
-    formats.check_file(files[0], fmt, column)
     columns = [0] * len(files)
     if fmt == "csv":
         columns = [formats.csv_column_index(f, column) for f in files]
-    compressions = [formats.compression_of(f) for f in files]
-    names = tf.data.Dataset.from_tensor_slices((files, compressions, columns))
-    if shuffle and not shard_elements:
-        # Not when hosts split the same files' batches: their file orders must agree, and
-        # a shuffle's seed also depends on TF's global seed, which hosts may set differently.
-        names = names.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+    table = tf.constant(files), tf.constant(list(map(formats.compression_of, files))), \
+        tf.constant(columns, tf.int32)
 
-    compressed = any(compressions)
+    def read(index):
+        path, compression, col = (tf.gather(t, index) for t in table)
+        return formats.read_file(path, fmt, compression, batch_size, col)
 
-    def read(path, compression, col):
-        return formats.read_file(path, fmt, compression if compressed else None, batch_size,
-                                 col)
-
-    if len(files) == 1:
-        ds = names.flat_map(read)
-    else:
+    def one_epoch(epoch):
+        order = tf.data.Dataset.range(len(files))
+        if shuffle:
+            order = sharding.permuted(order, len(files), seed, epoch)
         cycle = min(len(files), _MAX_INTERLEAVE)
-        ds = names.interleave(read, cycle_length=cycle, num_parallel_calls=cycle,
+        ds = order.interleave(read, cycle_length=cycle, num_parallel_calls=cycle,
                               deterministic=True)
-    if shard_elements:
-        ds = sharding.shard_batches(ds, process_index, process_count)
-    return ds.map(formats.parse_fn(fmt, column, invalid_utf8),
-                  num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        if shard_elements:
+            ds = sharding.shard_batches(ds, process_index, process_count)
+        return ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+    return one_epoch
 
 
 def _dataset_batches(config, split, **read):

@@ -10,13 +10,10 @@ per-token Python is needed. Chinese reference indices (or jieba, on the fly)
 turn single-character tokens into continuations of their word.
 """
 
-import atexit
 import dataclasses
 import itertools
 import json
 import os
-import threading
-import time
 from typing import Optional
 
 import numpy as np
@@ -24,6 +21,7 @@ import tensorflow as tf
 import tokenizers
 
 from pipeline import chinese_ref
+from pipeline.python_calls import CALLS
 from pipeline.errors import InputError
 
 _WORD_START_MARKERS = {"ByteLevel": "\u0120", "Metaspace": "\u2581"}
@@ -155,51 +153,6 @@ def encode_lines(backend, vocab, texts, refs=None, ref_lines=None, *, ref_source
     return ids, lengths, starts
 
 
-class _Calls:
-    """Tracks tokenizer calls so that interpreter exit can wait for the streams to go quiet.
-
-    A tf.data thread that needs the GIL while the interpreter finalizes never
-    gets it, and TensorFlow then waits for that thread forever: a script
-    exiting with a live iterator (or an uncaught exception holding one) would
-    hang. At exit, new calls fail at once, which ends the streams; exit then
-    waits until no call has run or started for a moment.
-    """
-
-    _QUIET_S = 0.2
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self._running = 0
-        self._last = 0.0
-        self._closing = False
-
-    def __enter__(self):
-        with self._lock:
-            self._last = time.monotonic()
-            if self._closing:
-                raise RuntimeError("the interpreter is exiting; the input pipeline stopped")
-            self._running += 1
-
-    def __exit__(self, *exc_info):
-        with self._lock:
-            self._running -= 1
-            self._last = time.monotonic()
-
-    def close(self, timeout_s=10.0):
-        with self._lock:
-            self._closing = True
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            with self._lock:
-                if not self._running and time.monotonic() - self._last > self._QUIET_S:
-                    return
-            time.sleep(0.02)
-
-
-_CALLS = _Calls()
-atexit.register(_CALLS.close)
-
-
 def plain_backend(tokenizer):
     """A private copy of the Rust tokenizer with truncation and padding off.
 
@@ -240,7 +193,7 @@ def tokenize(lines, tokenizer, vocab, *, ref_source=None, segmentation=None):
             inputs += [element["chinese_ref"], element["ref_lines"]]
 
         def call(texts, refs=None, ref_lines=None):
-            with _CALLS:
+            with CALLS:
                 ids, lengths, starts = encode_lines(
                     backend, vocab, texts, refs, ref_lines, ref_source=ref_source,
                     segmentation=segmentation)

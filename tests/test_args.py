@@ -114,7 +114,8 @@ def test_data_config_carries_every_field_and_the_seed():
                "chinese_word_segmentation": "jieba", "mlm_probability": "0.2",
                "max_predictions_per_seq": "9", "mask_replace_prob": "0.7",
                "random_replace_prob": "0.2", "whole_word_masking": "true",
-               "max_eval_samples": "13", "invalid_utf8": "replace"}
+               "max_eval_samples": "13", "invalid_utf8": "replace",
+               "read_block_bytes": "4096", "blocks_mixed": "5"}
     assert set(changed) == {f.name for f in dataclasses.fields(DataConfig)} - {"seed"}
     argv = ["--output_dir", "o", "--seed", "3"]
     for name, value in changed.items():

@@ -64,7 +64,8 @@ def data(tmp_path_factory, corpus_file):
     (path / "model_dir").mkdir()
     (path / "model_dir" / "config.json").write_text(json.dumps({"model_type": "bert"}))
     (path / "one_line.txt").write_text(SHORT_LINE + "\n")
-    deep = records * 4  # the malformed line lies past the first 1024-line read batch
+    (path / "no_newline.txt").write_bytes(b"words without a line break " * 350_000)  # 9.5 MB
+    deep = records * 40  # read in blocks of 16 kB, whose seeded order meets the bad one late
     deep[1100] = '{"text": "unterminated'
     (path / "deep.jsonl").write_text("\n".join(deep) + "\n")
     return path
@@ -133,6 +134,9 @@ CASES = [
      "at: line 1 column 10 (char 9))"),
     ("JSON line without the text column", "no_key.jsonl", [], 1,
      "error: DATA/no_key.jsonl: line 150: expected a JSON object with key 'text'"),
+    ("text file without line breaks", "no_newline.txt", [], 1,
+     "error: DATA/no_newline.txt: line 1 is longer than 8388608 bytes, the limit for one line; "
+     "is this a text file with one example per line?"),
     ("CSV without the text column", "no_column.csv", [], 1,
      "error: DATA/no_column.csv: line 1: CSV header ['id', 'body'] has no text column 'text'"),
     ("ref file with the wrong line count", "text.txt", ["--train_ref_file", "DATA/short.ref"], 1,
@@ -223,8 +227,9 @@ def test_validation_set_smaller_than_one_batch_is_padded(previous_run):
 def test_bad_line_deep_in_training_is_one_line_in_a_terminal(data, tokenizer_dir, tmp_path):
     """A real `python train.py`: the error surfaces mid-run, named, and the checkpoints stay."""
     out = tmp_path / "run"
-    argv = flags(tokenizer_dir, data / "deep.jsonl", out)
-    argv[argv.index("--max_steps") + 1] = "200"
+    argv = flags(tokenizer_dir, data / "deep.jsonl", out, "--read_block_bytes", "16384",
+                 "--blocks_mixed", "2")  # the bad block is met after about 190 steps
+    argv[argv.index("--max_steps") + 1] = "1000"
     argv[argv.index("--save_steps") + 1] = "5"
     result = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), *argv], cwd=ROOT,
                             capture_output=True, text=True, timeout=240, check=False)

@@ -4,7 +4,9 @@ Each process has 2 CPU devices; they join through `jax.distributed` on
 127.0.0.1 (gloo collectives), so the pmapped step runs on 4 devices across
 both. The data is deliberately uneven: 3 training files and 3 validation
 files of different lengths over 2 hosts, and no max_steps, so the shorter
-host runs out of its shard first. One shared cluster run serves every
+host runs out of its shard first. The files are gzipped: hosts take whole
+compressed files, where uncompressed ones would be shared out evenly by
+blocks (pipeline/blocks.py). One shared cluster run serves every
 assertion: it is killed (SIGKILL, both processes) after its first
 checkpoint and rerun to the end. Every subprocess has a timeout, so a hang
 fails the test instead of blocking CI.
@@ -12,6 +14,7 @@ fails the test instead of blocking CI.
 
 import collections
 import dataclasses
+import gzip
 import json
 import math
 import os
@@ -56,7 +59,8 @@ def data(tmp_path_factory, corpus_file):
         split_lines[split] = []
         for i, size in enumerate(sizes):
             part = [next(lines) for _ in range(size)]
-            (path / f"{split}{i}.txt").write_text("".join(f"{x}\n" for x in part), "utf-8")
+            (path / f"{split}{i}.txt.gz").write_bytes(
+                gzip.compress("".join(f"{x}\n" for x in part).encode("utf-8")))
             split_lines[split] += part
     return {"dir": path, "lines": split_lines}
 
@@ -64,8 +68,8 @@ def data(tmp_path_factory, corpus_file):
 @pytest.fixture(scope="module")
 def data_config(data):
     return config_lib.DataConfig(
-        train_file=str(data["dir"] / "train*.txt"),
-        validation_file=str(data["dir"] / "valid*.txt"),
+        train_file=str(data["dir"] / "train*.txt.gz"),
+        validation_file=str(data["dir"] / "valid*.txt.gz"),
         line_by_line=True, max_seq_length=32, max_predictions_per_seq=6,
         shuffle_buffer_size=100, seed=3)
 
@@ -324,11 +328,12 @@ def test_bad_data_on_one_host_stops_every_host_with_one_error(tmp_path, data, da
     bad_dir = tmp_path / "data"
     bad_dir.mkdir()
     for i in range(len(TRAIN_LINES)):
-        lines = (data["dir"] / f"train{i}.txt").read_bytes().splitlines(keepends=True)
+        text = gzip.decompress((data["dir"] / f"train{i}.txt.gz").read_bytes())
+        lines = text.splitlines(keepends=True)
         if i == 1:  # host 1's only file
             lines[6] = b"caf\xe9 " + lines[6]
-        (bad_dir / f"train{i}.txt").write_bytes(b"".join(lines))
-    config = dataclasses.replace(data_config, train_file=str(bad_dir / "train*.txt"))
+        (bad_dir / f"train{i}.txt.gz").write_bytes(gzip.compress(b"".join(lines)))
+    config = dataclasses.replace(data_config, train_file=str(bad_dir / "train*.txt.gz"))
     output_dir = tmp_path / "out"
     procs = start_cluster(tmp_path, config, tokenizer_dir, output_dir, cluster_env(tmp_path),
                           "bad")
@@ -338,6 +343,6 @@ def test_bad_data_on_one_host_stops_every_host_with_one_error(tmp_path, data, da
     errors = [[line for line in log.splitlines() if line.startswith("error:")] for log in logs]
     assert errors[0] == ["error: process 1 of 2 failed before training (its own log has the "
                          "error); stopping too"]
-    assert errors[1] == [f"error: {bad_dir / 'train1.txt'}: line 7: invalid UTF-8; pass "
+    assert errors[1] == [f"error: {bad_dir / 'train1.txt.gz'}: line 7: invalid UTF-8; pass "
                          "--invalid_utf8 replace to replace invalid bytes with U+FFFD"]
     assert not (output_dir / run_dir.RUN_MARKER).exists()

@@ -128,7 +128,7 @@ def test_sharding_disjoint_and_complete(tmp_path, n_files, hosts, shuffle):
 
 def test_shuffle_deterministic_and_reshuffled_each_epoch(corpus_file):
     config = files_config(str(corpus_file), shuffle_buffer_size=2000, seed=3)
-    ds = line_batches(config, "train", shuffle=True, read_batch_size=256).repeat(2)
+    ds = line_batches(config, "train", shuffle=True, read_batch_size=256, num_epochs=2)
     epochs = [t.decode() for b in ds for t in b["text"].numpy()]
     first, second = epochs[:len(epochs) // 2], epochs[len(epochs) // 2:]
     lines = nonblank(corpus_file)
@@ -140,10 +140,11 @@ def test_shuffle_deterministic_and_reshuffled_each_epoch(corpus_file):
 
 
 def test_file_order_reshuffled_each_epoch(tmp_path):
-    paths = [str(write_lines(tmp_path / f"f{i}.txt", [f"file {i}"] * 5, "txt"))
+    """Compressed files are read whole, one after another, in a fresh order each epoch."""
+    paths = [str(write_lines(tmp_path / f"f{i}.txt.gz", [f"file {i}"] * 5, "txt"))
              for i in range(6)]
     config = files_config(",".join(paths), shuffle_buffer_size=1, seed=0)
-    ds = line_batches(config, "train", shuffle=True, read_batch_size=5).repeat(6)
+    ds = line_batches(config, "train", shuffle=True, read_batch_size=5, num_epochs=6)
     order = [b["text"].numpy()[0].decode() for b in ds]
     epochs = {tuple(order[i:i + 6]) for i in range(0, 36, 6)}
     assert all(sorted(e) == sorted(f"file {i}" for i in range(6)) for e in epochs)

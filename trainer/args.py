@@ -117,7 +117,17 @@ class DataTrainingArguments:
         default=0.1,
         metadata={"help": "Of the predicted tokens, the fraction set to a random token."})
     shuffle_buffer_size: int = field(
-        default=10_000, metadata={"help": "Examples in the training shuffle buffer."})
+        default=10_000,
+        metadata={"help": "Lines in the training stream's bounded shuffle buffer, the last "
+                          "stage of its order."})
+    read_block_bytes: int = field(
+        default=DataConfig.read_block_bytes,
+        metadata={"help": "Uncompressed text and JSON lines files are read as blocks of this "
+                          "many bytes, in a fresh random order each epoch."})
+    blocks_mixed: int = field(
+        default=DataConfig.blocks_mixed,
+        metadata={"help": "Blocks read together whose lines are shuffled together (memory: "
+                          "about this many blocks)."})
     text_column: str = field(
         default="text", metadata={"help": "Column holding the text in json/csv/dataset sources."})
     invalid_utf8: str = field(
@@ -135,6 +145,8 @@ class DataTrainingArguments:
         _check_positive("max_seq_length", self.max_seq_length)
         _check_positive("max_predictions_per_seq", self.max_predictions_per_seq)
         _check_positive("shuffle_buffer_size", self.shuffle_buffer_size)
+        _check_positive("read_block_bytes", self.read_block_bytes)
+        _check_positive("blocks_mixed", self.blocks_mixed)
         if self.max_eval_samples is not None:
             _check_positive("max_eval_samples", self.max_eval_samples)
         for name in ("mlm_probability", "mask_replace_prob", "random_replace_prob"):

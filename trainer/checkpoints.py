@@ -17,6 +17,7 @@ the complete new step or none of it, and the previous step stays usable.
 import collections
 import contextlib
 import dataclasses
+import errno
 import hashlib
 import io
 import json
@@ -261,6 +262,9 @@ def _os_reason(error) -> str:
     code = re.search(r"os_error_code='?(\d+)", str(error))  # how TensorStore reports it
     if code:
         return os.strerror(int(code.group(1)))
+    for number in errno.errorcode:  # TensorFlow's own writes (the input state): "path; reason"
+        if f"; {os.strerror(number)}" in str(error):
+            return os.strerror(number)
     return str(error).strip().splitlines()[0]
 
 
