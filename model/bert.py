@@ -54,8 +54,11 @@ def keep_mask(rng, shape, rate, example_ids=None):
         example_ids = jnp.arange(shape[0])
     key = jax.random.bits(rng, (2,), jnp.uint32)  # a Threefry key from any kind of key
     examples = lax.broadcast_in_dim(example_ids.astype(jnp.uint32), shape, (0,))
-    positions = sum(lax.broadcasted_iota(jnp.uint32, shape, d) * math.prod(shape[d + 1:])
-                    for d in range(1, len(shape)))
+    # "+ examples * 0" (folded away by XLA) types both counter words alike: under shard_map
+    # the ids vary by device, and Threefry's loop needs its two words to agree.
+    positions = examples * 0 + sum(
+        lax.broadcasted_iota(jnp.uint32, shape, d) * math.prod(shape[d + 1:])
+        for d in range(1, len(shape)))
     bits = jnp.bitwise_xor(*threefry2x32_p.bind(key[0], key[1], examples, positions))
     return bits >= jnp.uint32(min(round(rate * 2 ** 32), 2 ** 32 - 1))
 
