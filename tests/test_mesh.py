@@ -5,6 +5,9 @@ devices: pmap, `mesh data=8` and `mesh data=2,fsdp=4` train the same model on
 the same batches, with dropout and gradient accumulation, and must agree.
 """
 
+import os
+import shutil
+
 import jax
 import numpy as np
 import pytest
@@ -12,7 +15,9 @@ import transformers
 from jax.sharding import PartitionSpec
 
 import model
-from trainer import feed, mesh as mesh_lib
+import train
+import train_runs
+from trainer import feed, mesh as mesh_lib, run_dir
 from trainer import step as steps
 from trainer.args import parse_args
 from trainer.optimizers import create_optimizer
@@ -137,3 +142,76 @@ def test_pmap_and_meshes_agree_with_dropout_and_accumulation():
             # Relative to each parameter's scale: elements near 0 are as exact as the others.
             np.testing.assert_allclose(got, want, rtol=RTOL, atol=RTOL * np.abs(want).max(),
                                        err_msg=f"{shape} {name}")
+
+
+# Elastic resume: train.py runs through one output_dir on changing meshes and device counts.
+
+ELASTIC_LEG = 5  # steps per run of the chain
+
+
+def elastic_config(corpus_file, tokenizer_dir):
+    return {
+        "model_type": "bert",
+        "config_overrides": train_runs.TINY_BERT,  # dropout on (BERT's 0.1)
+        "tokenizer_name": str(tokenizer_dir),
+        "train_file": str(corpus_file),
+        "max_seq_length": 32,
+        "max_predictions_per_seq": 6,
+        "shuffle_buffer_size": 200,
+        "do_train": True,
+        "global_train_batch_size": 32,  # the host batch stays the same on 8 and on 4 devices
+        "gradient_accumulation_steps": 2,
+        "learning_rate": 3e-3,
+        "weight_decay": 0.01,
+        "warmup_steps": 2,
+        "lr_schedule": "constant * linear_warmup",  # so max_steps may grow between runs
+        "logging_steps": 1,
+        "save_steps": ELASTIC_LEG,
+        "seed": 2,
+    }
+
+
+def run_on(tmp_path, config, devices, name, **settings):
+    """(pid, console) of a train.py subprocess on `devices` CPU devices; it must succeed."""
+    config_file = train_runs.write_config(tmp_path / f"{name}.json", dict(config, **settings),
+                                          tmp_path / "run")
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+               JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+    process = train_runs.start(config_file, env=env)
+    code, console = train_runs.finish(process, timeout=300)
+    assert code == 0, console[-3000:]
+    return process.pid, console
+
+
+@pytest.mark.slow  # an in-process reference and three train.py runs: ~5 min on 2 busy cores
+def test_elastic_resume_across_meshes_device_counts_and_pmap(tmp_path, corpus_file,
+                                                             tokenizer_dir):
+    """8 devices data=2,fsdp=4 -> 4 devices data=4 -> 4 devices pmap -> 8 devices again.
+
+    The chain starts from the step-5 checkpoint of a run that never stopped (8
+    devices, data=2,fsdp=4); after every change, the next steps' losses equal
+    that run's to 1e-6.
+    """
+    config = elastic_config(corpus_file, tokenizer_dir)
+    on_eight = {"parallelism": "mesh", "mesh_shape": "data=2,fsdp=4"}
+    legs = [(4, {"parallelism": "mesh", "mesh_shape": "data=4"}), (4, {}), (8, on_eight)]
+    total = ELASTIC_LEG * (len(legs) + 1)
+    reference_dir = tmp_path / "reference"
+    train.main([train_runs.write_config(tmp_path / "reference.json",
+                                        dict(config, max_steps=total, **on_eight),
+                                        reference_dir)])
+    expected = train_runs.step_losses(reference_dir / run_dir.LOG_DIR, os.getpid())
+    assert sorted(expected) == list(range(1, total + 1))
+
+    shutil.copytree(reference_dir, tmp_path / "run")  # the chain resumes from step 5
+    for step in range(2 * ELASTIC_LEG, total + 1, ELASTIC_LEG):
+        shutil.rmtree(tmp_path / "run" / run_dir.CHECKPOINT_DIR / str(step))
+    for leg, (devices, settings) in enumerate(legs, start=1):
+        pid, console = run_on(tmp_path, config, devices, f"leg{leg}",
+                              max_steps=ELASTIC_LEG * (leg + 1), **settings)
+        assert f"Resuming from the checkpoint of step {leg * ELASTIC_LEG}" in console
+        losses = train_runs.step_losses(tmp_path / "run" / run_dir.LOG_DIR, pid)
+        assert sorted(losses) == list(range(leg * ELASTIC_LEG + 1, (leg + 1) * ELASTIC_LEG + 1))
+        for step, loss in losses.items():
+            assert loss == pytest.approx(expected[step], rel=RTOL), (leg, step)
