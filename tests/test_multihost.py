@@ -3,9 +3,10 @@
 Each process has 2 CPU devices; they join through `jax.distributed` on
 127.0.0.1 (gloo collectives), so the step runs on 4 devices across both: the
 pmapped one, and the jitted one on a mesh whose fsdp axis spans both
-processes (every test of the cluster run runs for both). The data is deliberately uneven: 3 training files and 3 validation
-files of different lengths over 2 hosts, and no max_steps, so the shorter
-host runs out of its shard first. One shared cluster run serves every
+processes (every test of the cluster run runs for both). The data is
+deliberately uneven: 3 training files and 3 validation files of different
+lengths over 2 hosts, and no max_steps, so the shorter host runs out of its
+shard first. One shared cluster run serves every
 assertion: it is killed (SIGKILL, both processes) after its first
 checkpoint and rerun to the end. Every subprocess has a timeout, so a hang
 fails the test instead of blocking CI.
@@ -201,11 +202,7 @@ def cluster_env(directory):
                 JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
 
 
-# pmap, and a mesh whose fsdp axis spans both processes (each parameter split over 4 devices).
-PARALLELISM = {"pmap": {}, "mesh": {"parallelism": "mesh", "mesh_shape": "fsdp=4"}}
-
-
-@pytest.fixture(scope="module", params=sorted(PARALLELISM))
+@pytest.fixture(scope="module", params=sorted(train_runs.PARALLELISM))
 def cluster(request, tmp_path_factory, data_config, tokenizer_dir):
     """Run 1 killed after its first checkpoint, run 2 resumed to the end: logs, pids, dirs."""
     directory = tmp_path_factory.mktemp(f"multihost_run_{request.param}")
@@ -214,7 +211,7 @@ def cluster(request, tmp_path_factory, data_config, tokenizer_dir):
     runs = []
     for name, until in (("killed", lambda: committed_steps(output_dir)), ("resumed", None)):
         procs = start_cluster(directory, data_config, tokenizer_dir, output_dir, env, name,
-                              PARALLELISM[request.param])
+                              train_runs.PARALLELISM[request.param])
         codes = finish(procs, until)
         runs.append({
             "returncodes": codes,
