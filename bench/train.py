@@ -91,9 +91,8 @@ def main(argv=None):
         seq_len, predictions = BENCH_MODEL.SEQ_LEN, BENCH_MODEL.MAX_PREDICTIONS
         data_config = DataConfig(train_file=text, max_seq_length=seq_len,
                                  max_predictions_per_seq=predictions)
-        module, params = model.from_config(dict(
-            model_type="bert", vocab_size=len(tokenizer), max_position_embeddings=512,
-            **BENCH_MODEL.CONFIGS[args.config]))
+        module, params = model.from_config(
+            BENCH_MODEL.model_config(args.config, vocab_size=len(tokenizer)))
 
         training_args = TrainingArguments(output_dir=tmp, learning_rate=1e-4, warmup_steps=10,
                                           weight_decay=0.01)

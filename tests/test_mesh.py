@@ -33,7 +33,9 @@ RTOL = 1e-6
     ("data=-1", 8, {"data": 8, "fsdp": 1}),
     ("data=-1,fsdp=4", 8, {"data": 2, "fsdp": 4}),
     ("fsdp=8", 8, {"data": 1, "fsdp": 8}),
+    ("fsdp=4", 8, {"data": 2, "fsdp": 4}),  # data takes the rest unless told
     (" fsdp = -1 , data=2", 8, {"data": 2, "fsdp": 4}),
+    ("fsdp=-1", 8, {"data": 1, "fsdp": 8}),
 ])
 def test_mesh_shape(text, devices, expected):
     assert mesh_lib.resolve_mesh_shape(text, devices) == expected
@@ -42,6 +44,7 @@ def test_mesh_shape(text, devices, expected):
 @pytest.mark.parametrize("text, message", [
     ("data=3", "'data=3' does not fit the 8 devices of this run: the sizes must multiply to 8"),
     ("data=-1,fsdp=3", "does not fit the 8 devices"),
+    ("fsdp=16", "does not fit the 8 devices"),
     ("data=2,fsdp", "expected comma-separated AXIS=SIZE"),
     ("model=2", "expected comma-separated AXIS=SIZE"),
     ("data=2,data=4", "expected comma-separated AXIS=SIZE"),

@@ -22,7 +22,10 @@ _ENTRY = re.compile(r"\s*(\w+)\s*=\s*(-?\d+)\s*")
 
 
 def parse_mesh_shape(text: str) -> dict:
-    """'data=-1,fsdp=4' -> {'data': -1, 'fsdp': 4}; an axis left out has size 1.
+    """'data=-1,fsdp=4' -> {'data': -1, 'fsdp': 4}.
+
+    A data axis left out takes the rest of the devices (-1) unless another
+    axis does; an fsdp axis left out has size 1.
 
     Raises ValueError with the expected form for anything else.
     """
@@ -39,6 +42,7 @@ def parse_mesh_shape(text: str) -> dict:
             list(sizes.values()).count(-1) > 1:
         raise ValueError(f"mesh_shape {text!r}: each size must be a positive integer, and at "
                          "most one may be -1 (the rest of the devices)")
+    sizes.setdefault("data", 1 if -1 in sizes.values() else -1)
     return {axis: sizes.get(axis, 1) for axis in AXES}
 
 
