@@ -115,6 +115,12 @@ def generic(message, data, tokenizer, out):
 
 # The mesh path's flags for the cases that run on a mesh (fsdp: sharded parameters).
 MESH = ["--parallelism", "mesh", "--mesh_shape", "data=2,fsdp=4"]
+UNSPLITTABLE = ["--global_train_batch_size", "50", "--gradient_accumulation_steps", "3"]
+UNSPLIT = ("error: global_train_batch_size 50 cannot be split over 8 devices x 3 gradient "
+           "accumulation steps: it must be a multiple of 24")
+OTHER_SHAPE = ("error: checkpoint OUT/checkpoints/2: params/bert/embeddings/LayerNorm/bias has "
+               "shape (32,), this model expects (48,): it was written for a different model "
+               "configuration")
 
 # (case, train_file, extra flags, exit status, the message with generic paths)
 CASES = [
@@ -159,28 +165,17 @@ CASES = [
      ["--max_seq_length", "100"], 1,
      "error: max_seq_length 100 is larger than the model's 64 positions "
      "(max_position_embeddings)"),
-    ("global batch that the devices cannot split", "text.txt",
-     ["--global_train_batch_size", "50", "--gradient_accumulation_steps", "3"], 1,
-     "error: global_train_batch_size 50 cannot be split over 8 devices x 3 gradient "
-     "accumulation steps: it must be a multiple of 24"),
+    ("global batch that the devices cannot split", "text.txt", UNSPLITTABLE, 1, UNSPLIT),
     ("empty validation set", "text.txt", ["--do_eval", "--validation_file", "DATA/blank.txt"], 1,
      "error: the validation set is empty: DATA/blank.txt has no text"),
     ("empty held-out validation set", "text.txt",
      ["--do_eval", "--validation_split_percentage", "0"], 1,
      "error: the validation set is empty: no line of DATA/text.txt falls in the 0% held out "
      "for validation; set validation_file or a larger validation_split_percentage"),
-    ("checkpoint of a different model shape", "text.txt", [], 1,
-     "error: checkpoint OUT/checkpoints/2: params/bert/embeddings/LayerNorm/bias has "
-     "shape (32,), this model expects (48,): it was written for a different model "
-     "configuration"),
-    ("checkpoint of a different model shape, on a mesh", "text.txt", MESH, 1,
-     "error: checkpoint OUT/checkpoints/2: params/bert/embeddings/LayerNorm/bias has "
-     "shape (32,), this model expects (48,): it was written for a different model "
-     "configuration"),
-    ("global batch that the devices cannot split, on a mesh", "text.txt",
-     MESH + ["--global_train_batch_size", "50", "--gradient_accumulation_steps", "3"], 1,
-     "error: global_train_batch_size 50 cannot be split over 8 devices x 3 gradient "
-     "accumulation steps: it must be a multiple of 24"),
+    ("checkpoint of a different model shape", "text.txt", [], 1, OTHER_SHAPE),
+    ("checkpoint of a different model shape, on a mesh", "text.txt", MESH, 1, OTHER_SHAPE),
+    ("global batch that the devices cannot split, on a mesh", "text.txt", MESH + UNSPLITTABLE,
+     1, UNSPLIT),
     ("mesh_shape that does not fit the devices", "text.txt",
      ["--parallelism", "mesh", "--mesh_shape", "data=3"], 1,
      "error: mesh_shape 'data=3' does not fit the 8 devices of this run: the sizes must "

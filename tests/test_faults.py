@@ -43,23 +43,9 @@ SIGKILLS = 3
 
 @pytest.fixture(scope="module")
 def config(corpus_file, tokenizer_dir):
-    return {
-        "model_type": "bert",
-        "config_overrides": train_runs.TINY_BERT,
-        "tokenizer_name": str(tokenizer_dir),
-        "train_file": str(corpus_file),
-        "max_seq_length": 32,
-        "max_predictions_per_seq": 6,
-        "shuffle_buffer_size": 200,
-        "do_train": True,
-        "per_device_train_batch_size": 2,
-        "learning_rate": 3e-3,
-        "warmup_steps": 5,
-        "max_steps": STEPS,
-        "logging_steps": 1,
-        "save_steps": SAVE_STEPS,
-        "seed": 3,
-    }
+    return train_runs.tiny_config(
+        corpus_file, tokenizer_dir, per_device_train_batch_size=2, learning_rate=3e-3,
+        warmup_steps=5, max_steps=STEPS, logging_steps=1, save_steps=SAVE_STEPS, seed=3)
 
 
 @pytest.fixture(scope="module")

@@ -153,25 +153,12 @@ ELASTIC_LEG = 5  # steps per run of the chain
 
 
 def elastic_config(corpus_file, tokenizer_dir):
-    return {
-        "model_type": "bert",
-        "config_overrides": train_runs.TINY_BERT,  # dropout on (BERT's 0.1)
-        "tokenizer_name": str(tokenizer_dir),
-        "train_file": str(corpus_file),
-        "max_seq_length": 32,
-        "max_predictions_per_seq": 6,
-        "shuffle_buffer_size": 200,
-        "do_train": True,
-        "global_train_batch_size": 32,  # the host batch stays the same on 8 and on 4 devices
-        "gradient_accumulation_steps": 2,
-        "learning_rate": 3e-3,
-        "weight_decay": 0.01,
-        "warmup_steps": 2,
-        "lr_schedule": "constant * linear_warmup",  # so max_steps may grow between runs
-        "logging_steps": 1,
-        "save_steps": ELASTIC_LEG,
-        "seed": 2,
-    }
+    return train_runs.tiny_config(  # dropout on (BERT's 0.1)
+        corpus_file, tokenizer_dir,
+        global_train_batch_size=32,  # the host batch stays the same on 8 and on 4 devices
+        gradient_accumulation_steps=2, learning_rate=3e-3, weight_decay=0.01, warmup_steps=2,
+        lr_schedule="constant * linear_warmup",  # so max_steps may grow between runs
+        logging_steps=1, save_steps=ELASTIC_LEG, seed=2)
 
 
 def run_on(tmp_path, config, devices, name, **settings):

@@ -17,7 +17,7 @@ import train
 from trainer import checkpoints, run_dir
 
 from test_monitoring import read_scalars  # TensorBoard's own event reader
-from train_runs import (PARALLELISM, TINY_BERT, finish, read_until, run, start,
+from train_runs import (PARALLELISM, finish, read_until, run, start, tiny_config,
                         write_config)
 
 STEPS = 40
@@ -26,17 +26,8 @@ GRACE_SECONDS = 30  # what a preempted Cloud VM (and Kubernetes, by default) all
 
 @pytest.fixture(scope="module", params=sorted(PARALLELISM))
 def config(request, corpus_file, tokenizer_dir):
-    return {
-        **PARALLELISM[request.param],
-        "model_type": "bert",
-        "config_overrides": TINY_BERT,
-        "tokenizer_name": str(tokenizer_dir),
-        "train_file": str(corpus_file),
-        "max_seq_length": 32,
-        "max_predictions_per_seq": 6,
+    return tiny_config(corpus_file, tokenizer_dir, **PARALLELISM[request.param], **{
         "max_eval_samples": 48,
-        "shuffle_buffer_size": 200,
-        "do_train": True,
         "do_eval": True,
         "per_device_train_batch_size": 2,
         "per_device_eval_batch_size": 2,
@@ -48,7 +39,7 @@ def config(request, corpus_file, tokenizer_dir):
         "save_steps": 4,
         "profile_steps": 3,
         "seed": 1,
-    }
+    })
 
 
 @pytest.fixture(scope="module", autouse=True)

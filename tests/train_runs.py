@@ -27,6 +27,14 @@ TINY_BERT = ("hidden_size=32,num_hidden_layers=1,num_attention_heads=2,intermedi
 PARALLELISM = {"pmap": {}, "mesh": {"parallelism": "mesh", "mesh_shape": "data=-1,fsdp=4"}}
 
 
+def tiny_config(corpus_file, tokenizer_dir, **settings):
+    """The end-to-end runs' common settings: TINY_BERT trained on the corpus, short sequences."""
+    return {"model_type": "bert", "config_overrides": TINY_BERT,
+            "tokenizer_name": str(tokenizer_dir), "train_file": str(corpus_file),
+            "max_seq_length": 32, "max_predictions_per_seq": 6, "shuffle_buffer_size": 200,
+            "do_train": True, **settings}
+
+
 def write_config(path, config, output_dir):
     """Writes config plus output_dir as a JSON config file; returns its path."""
     path.write_text(json.dumps(dict(config, output_dir=str(output_dir))))
