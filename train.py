@@ -234,7 +234,8 @@ def train_and_evaluate(model_args, data_args, training_args):
         raise ValueError("tokenizer_name is required when training from scratch "
                          "(no model_name_or_path)")
     tokenizer = inputs.load_tokenizer(tokenizer_name)
-    module, params = create_model(model_args, data_args, tokenizer, training_args.seed)
+    with jax.default_device(feed.build_device):
+        module, params = create_model(model_args, data_args, tokenizer, training_args.seed)
 
     # Data.
     data_config = args_lib.data_config(data_args, training_args)

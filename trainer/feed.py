@@ -115,6 +115,7 @@ class PmapFeed:
     """Per-device batches and a full state replica on every device, for the pmapped steps."""
 
     description = "pmap"
+    build_device = None  # the model is built where JAX puts arrays by default
 
     def __init__(self):
         devices = jax.local_devices()
@@ -172,6 +173,9 @@ class MeshFeed:
 
     def __init__(self, mesh: Mesh):
         self.mesh = mesh
+        # The model is built in host memory and placed shard by shard (init_state): no
+        # accelerator ever holds all of it.
+        self.build_device = jax.local_devices(backend="cpu")[0]
         self.description = "mesh " + ",".join(f"{a}={n}" for a, n in mesh.shape.items())
         self._batch = NamedSharding(mesh, mesh_lib.BATCH)
         self._replicated = NamedSharding(mesh, PartitionSpec())
