@@ -29,7 +29,7 @@ from model import configuration  # noqa: E402
 from pipeline import errors, inputs, sources  # noqa: E402
 from pipeline.errors import InputError  # noqa: E402
 from trainer import args as args_lib  # noqa: E402
-from trainer import checkpoints, feed as feed_lib, mesh as mesh_lib  # noqa: E402
+from trainer import checkpoints, feed as feed_lib  # noqa: E402
 from trainer import monitoring, optimizers, run_dir, schedules, stopping  # noqa: E402
 from trainer import step as step_lib  # noqa: E402
 

@@ -43,9 +43,8 @@ SIGKILLS = 3
 
 @pytest.fixture(scope="module")
 def config(corpus_file, tokenizer_dir):
-    return train_runs.tiny_config(
-        corpus_file, tokenizer_dir, per_device_train_batch_size=2, learning_rate=3e-3,
-        warmup_steps=5, max_steps=STEPS, logging_steps=1, save_steps=SAVE_STEPS, seed=3)
+    return train_runs.tiny_config(corpus_file, tokenizer_dir, learning_rate=3e-3, warmup_steps=5,
+                                  max_steps=STEPS, save_steps=SAVE_STEPS, seed=3)
 
 
 @pytest.fixture(scope="module")

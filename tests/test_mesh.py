@@ -158,7 +158,7 @@ def elastic_config(corpus_file, tokenizer_dir):
         global_train_batch_size=32,  # the host batch stays the same on 8 and on 4 devices
         gradient_accumulation_steps=2, learning_rate=3e-3, weight_decay=0.01, warmup_steps=2,
         lr_schedule="constant * linear_warmup",  # so max_steps may grow between runs
-        logging_steps=1, save_steps=ELASTIC_LEG, seed=2)
+        save_steps=ELASTIC_LEG, seed=2)
 
 
 def run_on(tmp_path, config, devices, name, **settings):

@@ -26,20 +26,10 @@ GRACE_SECONDS = 30  # what a preempted Cloud VM (and Kubernetes, by default) all
 
 @pytest.fixture(scope="module", params=sorted(PARALLELISM))
 def config(request, corpus_file, tokenizer_dir):
-    return tiny_config(corpus_file, tokenizer_dir, **PARALLELISM[request.param], **{
-        "max_eval_samples": 48,
-        "do_eval": True,
-        "per_device_train_batch_size": 2,
-        "per_device_eval_batch_size": 2,
-        "learning_rate": 3e-3,
-        "warmup_steps": 5,
-        "max_steps": STEPS,
-        "logging_steps": 1,
-        "eval_steps": 20,
-        "save_steps": 4,
-        "profile_steps": 3,
-        "seed": 1,
-    })
+    return tiny_config(corpus_file, tokenizer_dir, max_eval_samples=48, do_eval=True,
+                       per_device_eval_batch_size=2, learning_rate=3e-3, warmup_steps=5,
+                       max_steps=STEPS, eval_steps=20, save_steps=4, profile_steps=3, seed=1,
+                       **PARALLELISM[request.param])
 
 
 @pytest.fixture(scope="module", autouse=True)

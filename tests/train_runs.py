@@ -18,21 +18,30 @@ import threading
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAUSE_MARKER = "paused in checkpoint write:"
 PAUSE_SECONDS = 300  # a paused run that nobody kills still ends
-# The end-to-end tests' model: a one-layer BERT that compiles in seconds on a CPU.
-TINY_BERT = ("hidden_size=32,num_hidden_layers=1,num_attention_heads=2,intermediate_size=37,"
-             "max_position_embeddings=64")
 # Settings of the runs that end-to-end tests repeat per parallelism: the default (pmap), and a
 # mesh whose fsdp axis shards the parameters 4 ways (data=2 on 8 devices; both hosts' 4 devices
 # in the multi-host test).
 PARALLELISM = {"pmap": {}, "mesh": {"parallelism": "mesh", "mesh_shape": "data=-1,fsdp=4"}}
+# The end-to-end tests' model: a one-layer BERT that compiles in seconds on a CPU.
+TINY_BERT = ("hidden_size=32,num_hidden_layers=1,num_attention_heads=2,intermediate_size=37,"
+             "max_position_embeddings=64")
 
 
-def tiny_config(corpus_file, tokenizer_dir, **settings):
-    """The end-to-end runs' common settings: TINY_BERT trained on the corpus, short sequences."""
-    return {"model_type": "bert", "config_overrides": TINY_BERT,
-            "tokenizer_name": str(tokenizer_dir), "train_file": str(corpus_file),
-            "max_seq_length": 32, "max_predictions_per_seq": 6, "shuffle_buffer_size": 200,
-            "do_train": True, **settings}
+def tiny_config(corpus_file, tokenizer_dir, **overrides):
+    """A config that trains TINY_BERT on the test corpus, plus `overrides`."""
+    return {
+        "model_type": "bert",
+        "config_overrides": TINY_BERT,
+        "tokenizer_name": str(tokenizer_dir),
+        "train_file": str(corpus_file),
+        "max_seq_length": 32,
+        "max_predictions_per_seq": 6,
+        "shuffle_buffer_size": 200,
+        "do_train": True,
+        "per_device_train_batch_size": 2,
+        "logging_steps": 1,
+        **overrides,
+    }
 
 
 def write_config(path, config, output_dir):
