@@ -2,21 +2,23 @@
 
 Prints one JSON line: tokens/s of train.py's train step fed by the
 streaming tf.data pipeline (through the same DataIterator and feed as
-train.py), tokens/s of the same step fed by batches of that pipeline already
-on the device, their ratio (goal >= 0.95), the pipeline's own rate with no
-training, and the MFU of both against the float32 matmul rate measured in
-the same run (bench/model.py's analytic FLOP count; on several local
-devices, the matmul rate of one device times their number). The feeds
-alternate in short rounds, and each ratio is the median over rounds, so
-that load from other processes (a shared machine) hits every feed alike.
-
-With --parallelism mesh the step is the jitted one on a mesh (--mesh_shape,
-default data=-1: pure data parallelism), and the pmapped step runs in the
-same rounds as its limit: mesh_vs_pmap is the mesh step's rate over the
-pmapped step's, both fed from memory (goal >= 0.95: the mesh path costs
-nothing), and mesh_vs_pmap_pipeline the same with both fed by the pipeline.
+train.py), tokens/s of the same step fed by batches of that
+pipeline already on the device, their ratio (goal >= 0.95), the pipeline's
+own rate with no training, and the MFU of both against the float32 matmul
+rate measured in the same run (bench/model.py's analytic FLOP count; on
+several local devices, the matmul rate of one device times their number).
+The two feeds alternate in short rounds, and the ratio is the median over
+pairs of rounds, so that load from other processes (a shared machine) hits
+both feeds alike.
 
     python bench/train.py --config small --seconds 60
+
+With --parallelism mesh (and --mesh_shape, default data=-1: pure data
+parallelism) the step is train.py's jitted mesh step, and the pmapped step
+runs in the same rounds as its limit: mesh_vs_pmap is the median over rounds
+of the mesh step's rate over the pmapped step's, both fed from memory (goal
+>= 0.95: the mesh path costs nothing).
+
     python bench/train.py --config small --parallelism mesh --mesh_shape data=-1
 """
 
@@ -63,7 +65,7 @@ def run_steps(p_train_step, state, batches, seconds):
     Like train.py, at most MAX_STEPS_IN_FLIGHT steps are dispatched ahead.
     """
     steps, start, in_flight = 0, time.perf_counter(), collections.deque()
-    while time.perf_counter() - start < seconds:
+    while not steps or time.perf_counter() - start < seconds:  # one step at least
         state, metrics = p_train_step(state, next(batches))
         in_flight.append(metrics)
         if len(in_flight) > train.MAX_STEPS_IN_FLIGHT:
@@ -78,8 +80,11 @@ def cycle(items):
         yield from items
 
 
-def median_ratio(rates, over):
-    return float(np.median([a / b for a, b in zip(rates, over)]))
+def state_and_step(devices_feed, module, params, tx, schedule):
+    """(state, train step) laid out by a feed, as train.py makes them."""
+    state = devices_feed.init_state(params, tx, jax.random.PRNGKey(0))
+    return state, devices_feed.train_step(state, module.apply, tx, schedule,
+                                          step_lib.StepOptions())
 
 
 def main(argv=None):
@@ -109,37 +114,41 @@ def main(argv=None):
                                           weight_decay=0.01)
         schedule = schedules.schedule_from_args(training_args, total_steps=100_000)
         tx = optimizers.create_optimizer(training_args, schedule)
+        devices_feed = feed_lib.create(args.parallelism, args.mesh_shape)
+        state, p_train_step = state_and_step(devices_feed, module, params, tx, schedule)
+
         devices = jax.local_device_count()
         data = feed_lib.DataIterator(inputs.train_dataset(
             data_config, tokenizer, per_device_batch_size=args.batch, local_device_count=devices))
+        streamed = data.to_device(devices_feed.place_batch)
+        state, _, _ = run_steps(p_train_step, state, streamed, 0)  # compile
+        state, _, _ = run_steps(p_train_step, state, streamed, 2)  # warm up tf.data
+
         host_batches = [next(data) for _ in range(8)]
-
-        # Each parallelism's feed, step and state, fed by the pipeline and from memory.
-        names = ["pmap"] if args.parallelism == "pmap" else ["mesh", "pmap"]
-        states, runs = {}, {}
-        for name in names:
-            devices_feed = feed_lib.create(name, args.mesh_shape if name == "mesh" else None)
-            state = devices_feed.init_state(params, tx, jax.random.PRNGKey(0))
-            train_step = devices_feed.train_step(state, module.apply, tx, schedule,
-                                                 step_lib.StepOptions())
-            streamed = data.to_device(devices_feed.place_batch)
-            state, _, _ = run_steps(train_step, state, streamed, 0)  # compile
-            state, _, _ = run_steps(train_step, state, streamed, 2)  # warm up tf.data
-            memory = cycle([devices_feed.place_batch(batch) for batch in host_batches])
-            states[name] = state
-            for source, batches in (("pipeline", streamed), ("memory", memory)):
-                runs[f"{name}_{source}"] = {"parallelism": name, "step": train_step,
-                                            "batches": batches, "steps": 0, "seconds": 0.0,
-                                            "rates": []}
-
-        for _ in range(max(1, round(args.seconds / (len(runs) * args.round_seconds)))):
-            for run in runs.values():
-                name = run["parallelism"]
-                states[name], steps, elapsed = run_steps(run["step"], states[name],
-                                                         run["batches"], args.round_seconds)
-                run["steps"] += steps
-                run["seconds"] += elapsed
-                run["rates"].append(steps / elapsed)
+        memory = cycle([devices_feed.place_batch(batch) for batch in host_batches])
+        totals = {"pipeline": [0, 0.0], "memory": [0, 0.0]}
+        if args.parallelism == "mesh":  # the pmapped step, in the same rounds, is the limit
+            pmap = feed_lib.PmapFeed()
+            pmap_state, pmap_step = state_and_step(pmap, module, params, tx, schedule)
+            pmap_memory = cycle([pmap.place_batch(batch) for batch in host_batches])
+            pmap_state, _, _ = run_steps(pmap_step, pmap_state, pmap_memory, 0)  # compile
+            totals["pmap_memory"] = [0, 0.0]
+        pair_ratios, mesh_ratios = [], []
+        for _ in range(max(1, round(args.seconds / (len(totals) * args.round_seconds)))):
+            rate = {}
+            for name, batches in (("pipeline", streamed), ("memory", memory)):
+                state, steps, elapsed = run_steps(p_train_step, state, batches,
+                                                  args.round_seconds)
+                totals[name][0] += steps
+                totals[name][1] += elapsed
+                rate[name] = steps / elapsed
+            pair_ratios.append(rate["pipeline"] / rate["memory"])
+            if args.parallelism == "mesh":
+                pmap_state, steps, elapsed = run_steps(pmap_step, pmap_state, pmap_memory,
+                                                       args.round_seconds)
+                totals["pmap_memory"][0] += steps
+                totals["pmap_memory"][1] += elapsed
+                mesh_ratios.append(rate["memory"] / (steps / elapsed))
 
         start, fetched = time.perf_counter(), 0
         while time.perf_counter() - start < min(5.0, args.seconds / 6):
@@ -150,37 +159,29 @@ def main(argv=None):
     peak = BENCH_MODEL.matmul_flop_s(5) * devices
     tokens_per_step = args.batch * devices * seq_len
     flops_per_step = BENCH_MODEL.model_flops(module.config, args.batch * devices, gather=True)
-    rates = {name: run["steps"] / run["seconds"] for name, run in runs.items()}
-    chosen = names[0]
+    rates = {name: steps / elapsed for name, (steps, elapsed) in totals.items()}
     sig = BENCH_MODEL.sig
-    result = {
+    mesh = {} if args.parallelism == "pmap" else {
+        "mesh": devices_feed.description,
+        "pmap_tokens_per_s_memory": sig(rates["pmap_memory"] * tokens_per_step),
+        "mesh_vs_pmap": sig(float(np.median(mesh_ratios))), "goal_mesh_vs_pmap": 0.95}
+    print(json.dumps({
         "bench": "train_input_bound", "config": args.config, "seconds": args.seconds,
         "parallelism": args.parallelism, "device": jax.devices()[0].device_kind,
-        "local_devices": devices, "cpu_count": os.cpu_count(), "batch_per_device": args.batch,
-        "seq_len": seq_len, "steps": {name: run["steps"] for name, run in runs.items()},
-        "tokens_per_s_pipeline": sig(rates[f"{chosen}_pipeline"] * tokens_per_step),
-        "tokens_per_s_memory": sig(rates[f"{chosen}_memory"] * tokens_per_step),
-        "ratio": sig(median_ratio(runs[f"{chosen}_pipeline"]["rates"],
-                                  runs[f"{chosen}_memory"]["rates"])),
-        "ratio_of_totals": sig(rates[f"{chosen}_pipeline"] / rates[f"{chosen}_memory"]),
+        "local_devices": devices,
+        "cpu_count": os.cpu_count(), "batch_per_device": args.batch, "seq_len": seq_len,
+        "steps": {name: steps for name, (steps, _) in totals.items()},
+        "tokens_per_s_pipeline": sig(rates["pipeline"] * tokens_per_step),
+        "tokens_per_s_memory": sig(rates["memory"] * tokens_per_step),
+        "ratio": sig(float(np.median(pair_ratios))),
+        "ratio_of_totals": sig(rates["pipeline"] / rates["memory"]),
         "goal_ratio": 0.95,
         "pipeline_alone_tokens_per_s": sig(pipeline_alone * tokens_per_step),
         "matmul_f32_flop_s": sig(peak),
-        "mfu_pipeline": sig(rates[f"{chosen}_pipeline"] * flops_per_step / peak),
-        "mfu_memory": sig(rates[f"{chosen}_memory"] * flops_per_step / peak),
-    }
-    if args.parallelism == "mesh":
-        result.update({
-            "mesh_shape": args.mesh_shape,
-            "pmap_tokens_per_s_memory": sig(rates["pmap_memory"] * tokens_per_step),
-            "pmap_tokens_per_s_pipeline": sig(rates["pmap_pipeline"] * tokens_per_step),
-            "mesh_vs_pmap": sig(median_ratio(runs["mesh_memory"]["rates"],
-                                             runs["pmap_memory"]["rates"])),
-            "mesh_vs_pmap_pipeline": sig(median_ratio(runs["mesh_pipeline"]["rates"],
-                                                      runs["pmap_pipeline"]["rates"])),
-            "goal_mesh_vs_pmap": 0.95,
-        })
-    print(json.dumps(result))
+        "mfu_pipeline": sig(rates["pipeline"] * flops_per_step / peak),
+        "mfu_memory": sig(rates["memory"] * flops_per_step / peak),
+        **mesh,
+    }))
 
 
 if __name__ == "__main__":
