@@ -19,7 +19,6 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from flax import jax_utils  # noqa: E402
 from jax.experimental import multihost_utils  # noqa: E402
 
 import model  # noqa: E402
@@ -27,8 +26,8 @@ from model import configuration  # noqa: E402
 from pipeline import errors, inputs, sources  # noqa: E402
 from pipeline.errors import InputError  # noqa: E402
 from trainer import args as args_lib  # noqa: E402
-from trainer import checkpoints, compilation_cache, monitoring, optimizers  # noqa: E402
-from trainer import run_dir, schedules, stopping  # noqa: E402
+from trainer import checkpoints, compilation_cache, feed as feed_lib  # noqa: E402
+from trainer import monitoring, optimizers, run_dir, schedules, stopping  # noqa: E402
 from trainer import step as step_lib  # noqa: E402
 
 
@@ -173,15 +172,15 @@ def check_validation_set(num_batches, data_config):
     raise InputError(f"the validation set is empty: {where}")
 
 
-def summarize(window):
-    """Host values of a list of per-step replicated TrainMetrics, merged, plus each step's loss."""
-    host = [checkpoints.to_host(m) for m in window]
+def summarize(window, to_host):
+    """Host values of a list of per-step TrainMetrics, merged, plus each step's loss."""
+    host = [to_host(m) for m in window]
     losses = [float(m.loss.compute()) for m in host]
     merged = functools.reduce(lambda a, b: a.merge(b), host)
     return {k: float(v) for k, v in merged.compute().items()}, losses
 
 
-def evaluate(p_eval_step, params, eval_data, num_batches, vocab_size, monitor, stop):
+def evaluate(p_eval_step, params, eval_data, num_batches, vocab_size, monitor, stop, feed):
     """Eval metrics over the whole fixed validation set, and the most-frequent-token accuracy.
 
     Returns (None, None) when `stop` is requested part way: a preemption
@@ -198,7 +197,7 @@ def evaluate(p_eval_step, params, eval_data, num_batches, vocab_size, monitor, s
 
     metrics = None
     with monitor.eval_bar(num_batches) as bar:
-        batches = jax_utils.prefetch_to_device(host_batches(), 2, axis_name=step_lib.AXIS)
+        batches = feed_lib.prefetch(host_batches(), feed.place_batch)
         for i, batch in enumerate(batches):
             batch_metrics = p_eval_step(params, batch)
             metrics = batch_metrics if metrics is None else metrics.merge(batch_metrics)
@@ -209,7 +208,7 @@ def evaluate(p_eval_step, params, eval_data, num_batches, vocab_size, monitor, s
         raise InputError("the validation set is empty")
     if jax.process_count() > 1:  # the baseline counts every host's labels, as the metrics do
         label_counts = multihost_utils.process_allgather(label_counts).sum(axis=0)
-    results = {k: float(v) for k, v in checkpoints.to_host(metrics).compute().items()}
+    results = {k: float(v) for k, v in feed.to_host(metrics).compute().items()}
     return results, float(label_counts.max() / max(label_counts.sum(), 1))
 
 
@@ -218,6 +217,7 @@ def train_and_evaluate(model_args, data_args, training_args):
     tf.config.set_visible_devices([], "GPU")  # tf.data feeds the host; the accelerators are JAX's
     initialize_distributed(training_args)
     monitoring.configure_console_logging()
+    feed = feed_lib.create(training_args.parallelism, training_args.mesh_shape)
     do_train = training_args.do_train or not training_args.do_eval
     do_eval = training_args.do_eval or not training_args.do_train
     is_chief = jax.process_index() == 0
@@ -231,7 +231,8 @@ def train_and_evaluate(model_args, data_args, training_args):
         raise ValueError("tokenizer_name is required when training from scratch "
                          "(no model_name_or_path)")
     tokenizer = inputs.load_tokenizer(tokenizer_name)
-    module, params = create_model(model_args, data_args, tokenizer, training_args.seed)
+    with jax.default_device(feed.build_device):
+        module, params = create_model(model_args, data_args, tokenizer, training_args.seed)
 
     # Data.
     data_config = args_lib.data_config(data_args, training_args)
@@ -243,7 +244,7 @@ def train_and_evaluate(model_args, data_args, training_args):
                    if do_train else 0)
 
     def make_train_data():
-        return checkpoints.DataIterator(inputs.train_dataset(
+        return feed_lib.DataIterator(inputs.train_dataset(
             data_config, tokenizer, per_device_batch_size=train_batch, **host))
 
     train_data = (first_training_batch(make_train_data, data_config,
@@ -257,13 +258,14 @@ def train_and_evaluate(model_args, data_args, training_args):
         eval_data = inputs.eval_dataset(data_config, tokenizer, per_device_batch_size=eval_batch,
                                         num_batches=num_eval_batches, **host)
 
-    # Optimizer, state, and the pmapped steps.
+    # Optimizer, state, and the steps (pmapped, or jitted over the mesh).
     learning_rate_fn = schedules.schedule_from_args(training_args, max(total_steps, 1))
     tx = optimizers.create_optimizer(training_args, learning_rate_fn)
-    state = step_lib.create_train_state(params, tx, jax.random.PRNGKey(training_args.seed))
+    state = feed.init_state(params, tx, jax.random.PRNGKey(training_args.seed))
+    del params
     options = step_lib.StepOptions.from_args(training_args)
-    p_train_step = step_lib.make_p_train_step(module.apply, tx, learning_rate_fn, options)
-    p_eval_step = step_lib.make_p_eval_step(module.apply, options)
+    p_train_step = feed.train_step(state, module.apply, tx, learning_rate_fn, options)
+    p_eval_step = feed.eval_step(state, module.apply, options)
 
     # Restore. Nothing is written to output_dir before this point; when resuming, it is
     # claimed only once its checkpoint has been read, so a checkpoint of another model shape
@@ -276,15 +278,16 @@ def train_and_evaluate(model_args, data_args, training_args):
     start_step = 0
     if resume and ckpt.latest_step is not None:
         start_step = ckpt.latest_step
-        state = ckpt.restore(state, train_data, start_step)
+        # Laid out as the step's output: no second compile.
+        state = feed.place_state(ckpt.restore(feed.restore_target(state), train_data, start_step))
         print(f"Resuming from the checkpoint of step {start_step} in {ckpt.directory}", flush=True)
     if resume:
         claim()
     # From here on output_dir is ours: the compiled steps may be cached in it.
     compilation_cache.enable(
         compilation_cache.cache_dir(training_args.compilation_cache_dir, output_dir))
-    state = step_lib.replicate(state)  # laid out as the step's output: no second compile
-    del params
+    if is_chief:
+        print(f"Devices: {feed.describe(state)}", flush=True)
 
     logdir = os.path.join(output_dir, run_dir.LOG_DIR)
     tokens_per_step = train_batch * jax.device_count() * data_args.max_seq_length
@@ -303,7 +306,7 @@ def train_and_evaluate(model_args, data_args, training_args):
         with monitor.timed("eval"):
             results, baseline = evaluate(p_eval_step, state.params, eval_data,
                                          num_eval_batches, module.config.vocab_size, monitor,
-                                         stop)
+                                         stop, feed)
         if results is None:
             return False
         eval_results = results
@@ -318,7 +321,7 @@ def train_and_evaluate(model_args, data_args, training_args):
         """Writes the window's train metrics, after checking its losses; returns a new window."""
         if not window:
             return window
-        summary, losses = summarize(window)
+        summary, losses = summarize(window, feed.to_host)
         bad = [i for i, loss in enumerate(losses) if not math.isfinite(loss)]
         if bad and not training_args.skip_nonfinite_updates:
             raise TrainingDiverged(
@@ -332,10 +335,10 @@ def train_and_evaluate(model_args, data_args, training_args):
     step = start_step
     window = []  # this logging window's per-step metrics, still on device
     in_flight = collections.deque()
-    device_batches = train_data.to_device(2, axis_name=step_lib.AXIS)
+    device_batches = train_data.to_device(feed.place_batch)
     if do_train and start_step < total_steps:
         print(f"Training {total_steps - start_step} steps of {tokens_per_step} tokens on "
-              f"{jax.device_count()} devices", flush=True)
+              f"{jax.device_count()} devices ({feed.description})", flush=True)
     try:
         while do_train and step < total_steps:
             with jax.profiler.StepTraceAnnotation("train", step_num=step):
@@ -357,7 +360,7 @@ def train_and_evaluate(model_args, data_args, training_args):
                     window = log_window(window, step)
             if saving:
                 with monitor.timed("checkpoint"):
-                    ckpt.save(step, state, train_data, wait=stop_now)
+                    ckpt.save(step, feed.saveable(state), train_data, wait=stop_now)
             if stop_now:
                 raise stopping.Stopped(
                     stop.exit_code(), f"stopped by {stop.name} after step {step}; saved "
@@ -379,7 +382,7 @@ def train_and_evaluate(model_args, data_args, training_args):
         eval_results = {f"eval_{k}": v for k, v in eval_results.items()}
         eval_results.update(perplexity=eval_results.pop("eval_perplexity"), step=step,
                             most_frequent_token_accuracy=baseline)
-    final_params = checkpoints.to_host(state.params)
+    final_params = feed.to_host(state.params)
     if jax.process_count() > 1:  # every host's replica should match the one process 0 exports
         print(f"process {jax.process_index()}: final parameters fingerprint "
               f"{checkpoints.fingerprint(final_params)}", flush=True)

@@ -1,8 +1,8 @@
 """Does the training step ever wait for input? Throughput with the real pipeline vs. from memory.
 
-Prints one JSON line: tokens/s of train.py's pmapped train step fed by the
-streaming tf.data pipeline (through the same DataIterator and device
-prefetch as train.py), tokens/s of the same step fed by batches of that
+Prints one JSON line: tokens/s of train.py's train step fed by the
+streaming tf.data pipeline (through the same DataIterator and feed as
+train.py), tokens/s of the same step fed by batches of that
 pipeline already on the device, their ratio (goal >= 0.95), the pipeline's
 own rate with no training, and the MFU of both against the float32 matmul
 rate measured in the same run (bench/model.py's analytic FLOP count; on
@@ -24,6 +24,14 @@ ratio to the median (goal <= 1.5).
 
     python bench/train.py --config small --save_steps 20 --seconds 60
     python bench/train.py --config small --save_steps 20 --seconds 60 --gcs_emulator
+
+With --parallelism mesh (and --mesh_shape, default data=-1: pure data
+parallelism) the step is train.py's jitted mesh step, and the pmapped step
+runs in the same rounds as its limit: mesh_vs_pmap is the median over rounds
+of the mesh step's rate over the pmapped step's, both fed from memory (goal
+>= 0.95: the mesh path costs nothing).
+
+    python bench/train.py --config small --parallelism mesh --mesh_shape data=-1
 """
 
 import argparse
@@ -41,7 +49,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from flax import jax_utils  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -49,7 +56,8 @@ import model  # noqa: E402
 import train  # noqa: E402
 from pipeline import corpus, inputs, vocab  # noqa: E402
 from pipeline.config import DataConfig  # noqa: E402
-from trainer import checkpoints, optimizers, schedules, step as step_lib  # noqa: E402
+from trainer import checkpoints, feed as feed_lib, optimizers, schedules  # noqa: E402
+from trainer import step as step_lib  # noqa: E402
 from trainer.args import TrainingArguments  # noqa: E402
 
 
@@ -71,7 +79,7 @@ def run_steps(p_train_step, state, batches, seconds):
     Like train.py, at most MAX_STEPS_IN_FLIGHT steps are dispatched ahead.
     """
     steps, start, in_flight = 0, time.perf_counter(), collections.deque()
-    while time.perf_counter() - start < seconds:
+    while not steps or time.perf_counter() - start < seconds:  # one step at least
         state, metrics = p_train_step(state, next(batches))
         in_flight.append(metrics)
         if len(in_flight) > train.MAX_STEPS_IN_FLIGHT:
@@ -86,7 +94,7 @@ def cycle(items):
         yield from items
 
 
-def timed_saves(p_train_step, state, batches, data, save_dir, save_steps, seconds):
+def timed_saves(devices_feed, p_train_step, state, batches, data, save_dir, save_steps, seconds):
     """Steps (each waited for) for `seconds`, saving asynchronously every save_steps steps.
 
     Returns the state, [(seconds, overlapped a save)] per step, and the seconds of each
@@ -102,7 +110,7 @@ def timed_saves(p_train_step, state, batches, data, save_dir, save_steps, second
         step += 1
         if step % save_steps == 0:  # the step that starts a save includes its save() call
             called = time.perf_counter()
-            ckpt.save(step, state, data)
+            ckpt.save(step, devices_feed.saveable(state), data)
             save_calls.append(time.perf_counter() - called)
             overlapped = True
         steps.append((time.perf_counter() - began, overlapped or ckpt.saving()))
@@ -110,15 +118,19 @@ def timed_saves(p_train_step, state, batches, data, save_dir, save_steps, second
     return state, steps, save_calls
 
 
-def save_stall_figures(steps, save_calls, state, save_steps):
+def state_bytes(devices_feed, state) -> int:
+    """Bytes of one whole copy of the train state, as a checkpoint holds it."""
+    return sum(np.asarray(x).nbytes for x in jax.tree.leaves(devices_feed.to_host(state)))
+
+
+def save_stall_figures(steps, save_calls, state_size, save_steps):
     """The JSON figures of timed_saves: overlapping steps against the median step."""
     free = [t for t, overlapped in steps if not overlapped]
     busy = [t for t, overlapped in steps if overlapped]
     median = float(np.median(free))
-    state_bytes = sum(np.asarray(x).nbytes for x in jax.tree.leaves(checkpoints.to_host(state)))
     sig = BENCH_MODEL.sig
     return {
-        "save_steps": save_steps, "state_mb": sig(state_bytes / 2**20),
+        "save_steps": save_steps, "state_mb": sig(state_size / 2**20),
         "steps": len(steps), "saves": len(save_calls),
         "median_step_s": sig(median),
         "overlapping_steps_s": [sig(t) for t in busy],
@@ -147,6 +159,13 @@ def run_with_gcs_emulator(argv):
     sys.exit(result.returncode)
 
 
+def state_and_step(devices_feed, module, params, tx, schedule):
+    """(state, train step) laid out by a feed, as train.py makes them."""
+    state = devices_feed.init_state(params, tx, jax.random.PRNGKey(0))
+    return state, devices_feed.train_step(state, module.apply, tx, schedule,
+                                          step_lib.StepOptions())
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", choices=sorted(BENCH_MODEL.CONFIGS), default="small")
@@ -161,6 +180,8 @@ def main(argv=None):
                         help="where --save_steps saves (default: a temporary directory)")
     parser.add_argument("--gcs_emulator", action="store_true",
                         help="with --save_steps: save to gs:// on a local fake-gcs-server")
+    parser.add_argument("--parallelism", choices=["pmap", "mesh"], default="pmap")
+    parser.add_argument("--mesh_shape", default="data=-1")
     args = parser.parse_args(argv)
     if args.gcs_emulator:
         run_with_gcs_emulator(sys.argv[1:] if argv is None else argv)
@@ -173,41 +194,45 @@ def main(argv=None):
         seq_len, predictions = BENCH_MODEL.SEQ_LEN, BENCH_MODEL.MAX_PREDICTIONS
         data_config = DataConfig(train_file=text, max_seq_length=seq_len,
                                  max_predictions_per_seq=predictions)
-        module, params = model.from_config(dict(
-            model_type="bert", vocab_size=len(tokenizer), max_position_embeddings=512,
-            **BENCH_MODEL.CONFIGS[args.config]))
+        module, params = model.from_config(
+            BENCH_MODEL.model_config(args.config, vocab_size=len(tokenizer)))
 
         training_args = TrainingArguments(output_dir=tmp, learning_rate=1e-4, warmup_steps=10,
                                           weight_decay=0.01)
         schedule = schedules.schedule_from_args(training_args, total_steps=100_000)
         tx = optimizers.create_optimizer(training_args, schedule)
-        state = step_lib.replicate(
-            step_lib.create_train_state(params, tx, jax.random.PRNGKey(0)))
-        p_train_step = step_lib.make_p_train_step(module.apply, tx, schedule)
+        devices_feed = feed_lib.create(args.parallelism, args.mesh_shape)
+        state, p_train_step = state_and_step(devices_feed, module, params, tx, schedule)
 
         devices = jax.local_device_count()
-        data = checkpoints.DataIterator(inputs.train_dataset(
+        data = feed_lib.DataIterator(inputs.train_dataset(
             data_config, tokenizer, per_device_batch_size=args.batch, local_device_count=devices))
-        streamed = data.to_device(2, axis_name=step_lib.AXIS)
+        streamed = data.to_device(devices_feed.place_batch)
         state, _, _ = run_steps(p_train_step, state, streamed, 0)  # compile
         state, _, _ = run_steps(p_train_step, state, streamed, 2)  # warm up tf.data
 
-        in_memory = list(jax_utils.prefetch_to_device(
-            iter([next(data) for _ in range(8)]), 8, axis_name=step_lib.AXIS))
-        memory = cycle(in_memory)
+        host_batches = [next(data) for _ in range(8)]
+        memory = cycle([devices_feed.place_batch(batch) for batch in host_batches])
         if args.save_steps:
             state, steps, save_calls = timed_saves(
-                p_train_step, state, memory, data, args.save_dir or os.path.join(tmp, "run"),
-                args.save_steps, args.seconds)
+                devices_feed, p_train_step, state, memory, data,
+                args.save_dir or os.path.join(tmp, "run"), args.save_steps, args.seconds)
             print(json.dumps({
                 "bench": "train_save_stall", "config": args.config,
                 "save_dir": "gs (emulator)" if str(args.save_dir).startswith("gs://")
                 else "local", "cpu_count": os.cpu_count(), "local_devices": devices,
-                **save_stall_figures(steps, save_calls, state, args.save_steps)}))
+                **save_stall_figures(steps, save_calls, state_bytes(devices_feed, state),
+                                     args.save_steps)}))
             return
         totals = {"pipeline": [0, 0.0], "memory": [0, 0.0]}
-        pair_ratios = []
-        for _ in range(max(1, round(args.seconds / (2 * args.round_seconds)))):
+        if args.parallelism == "mesh":  # the pmapped step, in the same rounds, is the limit
+            pmap = feed_lib.PmapFeed()
+            pmap_state, pmap_step = state_and_step(pmap, module, params, tx, schedule)
+            pmap_memory = cycle([pmap.place_batch(batch) for batch in host_batches])
+            pmap_state, _, _ = run_steps(pmap_step, pmap_state, pmap_memory, 0)  # compile
+            totals["pmap_memory"] = [0, 0.0]
+        pair_ratios, mesh_ratios = [], []
+        for _ in range(max(1, round(args.seconds / (len(totals) * args.round_seconds)))):
             rate = {}
             for name, batches in (("pipeline", streamed), ("memory", memory)):
                 state, steps, elapsed = run_steps(p_train_step, state, batches,
@@ -216,6 +241,12 @@ def main(argv=None):
                 totals[name][1] += elapsed
                 rate[name] = steps / elapsed
             pair_ratios.append(rate["pipeline"] / rate["memory"])
+            if args.parallelism == "mesh":
+                pmap_state, steps, elapsed = run_steps(pmap_step, pmap_state, pmap_memory,
+                                                       args.round_seconds)
+                totals["pmap_memory"][0] += steps
+                totals["pmap_memory"][1] += elapsed
+                mesh_ratios.append(rate["memory"] / (steps / elapsed))
 
         start, fetched = time.perf_counter(), 0
         while time.perf_counter() - start < min(5.0, args.seconds / 6):
@@ -228,9 +259,14 @@ def main(argv=None):
     flops_per_step = BENCH_MODEL.model_flops(module.config, args.batch * devices, gather=True)
     rates = {name: steps / elapsed for name, (steps, elapsed) in totals.items()}
     sig = BENCH_MODEL.sig
+    mesh = {} if args.parallelism == "pmap" else {
+        "mesh": devices_feed.description,
+        "pmap_tokens_per_s_memory": sig(rates["pmap_memory"] * tokens_per_step),
+        "mesh_vs_pmap": sig(float(np.median(mesh_ratios))), "goal_mesh_vs_pmap": 0.95}
     print(json.dumps({
         "bench": "train_input_bound", "config": args.config, "seconds": args.seconds,
-        "device": jax.devices()[0].device_kind, "local_devices": devices,
+        "parallelism": args.parallelism, "device": jax.devices()[0].device_kind,
+        "local_devices": devices,
         "cpu_count": os.cpu_count(), "batch_per_device": args.batch, "seq_len": seq_len,
         "steps": {name: steps for name, (steps, _) in totals.items()},
         "tokens_per_s_pipeline": sig(rates["pipeline"] * tokens_per_step),
@@ -242,6 +278,7 @@ def main(argv=None):
         "matmul_f32_flop_s": sig(peak),
         "mfu_pipeline": sig(rates["pipeline"] * flops_per_step / peak),
         "mfu_memory": sig(rates["memory"] * flops_per_step / peak),
+        **mesh,
     }))
 
 

@@ -3,11 +3,12 @@
 The stages, each a Dataset -> Dataset function on whole batches of lines:
 
     sources.line_batches (epochs) -> tokenize -> pack -> rebatch(host batch)
-      -> enumerate -> mask (stateless, seeded by position) -> [devices, batch, ...]
+      -> enumerate -> mask (stateless, seeded by position) -> static shapes
       -> prefetch
 
-Every element is a dict of tensors shaped [local_device_count,
-per_device_batch_size, width]: input_ids, attention_mask, token_type_ids and
+Every element is a host batch: a dict of tensors shaped [local_device_count *
+per_device_batch_size, width] (trainer/feed.py lays it out on the devices,
+for pmap or a mesh): input_ids, attention_mask, token_type_ids and
 labels (-100 where nothing is predicted) of width max_seq_length, and the
 gather form masked_positions, masked_ids and masked_weights (float32; 0 for
 padding) of width max_predictions_per_seq. Padding examples have weight 0.
@@ -96,17 +97,17 @@ def _widths(config):
             config.max_seq_length for key in _FEATURES}
 
 
-def _finish(ds, config, local_device_count, per_device_batch_size):
-    """[host batch, ...] -> [devices, per-device batch, ...] with static shapes, prefetched."""
+def _finish(ds, config, host_batch):
+    """Host batches of static shape [host_batch, width], prefetched."""
     widths = _widths(config)
 
-    def per_device(batch):
-        return {key: tf.reshape(batch[key], [local_device_count, per_device_batch_size,
-                                             widths[key]]) for key in _FEATURES}
+    def static_shapes(batch):
+        return {key: tf.ensure_shape(batch[key], [host_batch, widths[key]])
+                for key in _FEATURES}
 
     options = tf.data.Options()
     options.deterministic = True
-    ds = ds.map(per_device, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.map(static_shapes, num_parallel_calls=tf.data.AUTOTUNE)
     return sources.checkpointable(ds.prefetch(tf.data.AUTOTUNE)).with_options(options)
 
 
@@ -121,7 +122,7 @@ def train_dataset(config, tokenizer, *, per_device_batch_size, local_device_coun
     ds = examples.rebatch(host_batch, drop_remainder=True).enumerate()
     ds = ds.map(_masker(config, vocab, "train", process_index),
                 num_parallel_calls=tf.data.AUTOTUNE)
-    return _finish(ds, config, local_device_count, per_device_batch_size)
+    return _finish(ds, config, host_batch)
 
 
 def _host_cap(max_eval_samples, process_index, process_count):
@@ -185,7 +186,7 @@ def eval_dataset(config, tokenizer, *, per_device_batch_size, local_device_count
     if num_batches is not None:
         ds = ds.concatenate(tf.data.Dataset.from_tensors(blank()).map(pad).repeat())
         ds = ds.take(num_batches)
-    return _finish(ds, config, local_device_count, per_device_batch_size)
+    return _finish(ds, config, host_batch)
 
 
 def count_eval_batches(config, tokenizer, *, per_device_batch_size, local_device_count,

@@ -114,6 +114,15 @@ def generic(message, data, tokenizer, out):
     return message
 
 
+# The mesh path's flags for the cases that run on a mesh (fsdp: sharded parameters).
+MESH = ["--parallelism", "mesh", "--mesh_shape", "data=2,fsdp=4"]
+UNSPLITTABLE = ["--global_train_batch_size", "50", "--gradient_accumulation_steps", "3"]
+UNSPLIT = ("error: global_train_batch_size 50 cannot be split over 8 devices x 3 gradient "
+           "accumulation steps: it must be a multiple of 24")
+OTHER_SHAPE = ("error: checkpoint OUT/checkpoints/2: params/bert/embeddings/LayerNorm/bias has "
+               "shape (32,), this model expects (48,): it was written for a different model "
+               "configuration")
+
 # (case, train_file, extra flags, exit status, the message with generic paths)
 CASES = [
     ("missing file", "missing.txt", [], 1,
@@ -168,20 +177,33 @@ CASES = [
      ["--max_seq_length", "100"], 1,
      "error: max_seq_length 100 is larger than the model's 64 positions "
      "(max_position_embeddings)"),
-    ("global batch that the devices cannot split", "text.txt",
-     ["--global_train_batch_size", "50", "--gradient_accumulation_steps", "3"], 1,
-     "error: global_train_batch_size 50 cannot be split over 8 devices x 3 gradient "
-     "accumulation steps: it must be a multiple of 24"),
+    ("global batch that the devices cannot split", "text.txt", UNSPLITTABLE, 1, UNSPLIT),
     ("empty validation set", "text.txt", ["--do_eval", "--validation_file", "DATA/blank.txt"], 1,
      "error: the validation set is empty: DATA/blank.txt has no text"),
     ("empty held-out validation set", "text.txt",
      ["--do_eval", "--validation_split_percentage", "0"], 1,
      "error: the validation set is empty: no line of DATA/text.txt falls in the 0% held out "
      "for validation; set validation_file or a larger validation_split_percentage"),
-    ("checkpoint of a different model shape", "text.txt", [], 1,
-     "error: checkpoint OUT/checkpoints/2: params/bert/embeddings/LayerNorm/bias has "
-     "shape (32,), this model expects (48,): it was written for a different model "
-     "configuration"),
+    ("checkpoint of a different model shape", "text.txt", [], 1, OTHER_SHAPE),
+    ("checkpoint of a different model shape, on a mesh", "text.txt", MESH, 1, OTHER_SHAPE),
+    ("global batch that the devices cannot split, on a mesh", "text.txt", MESH + UNSPLITTABLE,
+     1, UNSPLIT),
+    ("mesh_shape that does not fit the devices", "text.txt",
+     ["--parallelism", "mesh", "--mesh_shape", "data=3"], 1,
+     "error: mesh_shape 'data=3' does not fit the 8 devices of this run: the sizes must "
+     "multiply to 8 (use -1 for one axis to take the rest, e.g. 'data=-1,fsdp=4')"),
+    ("malformed mesh_shape", "text.txt", ["--parallelism", "mesh", "--mesh_shape", "data:2"], 2,
+     "train.py: error: mesh_shape 'data:2': expected comma-separated AXIS=SIZE with the axes "
+     "data and fsdp at most once each and SIZE a positive integer or -1 (the rest of the "
+     "devices), e.g. 'data=-1,fsdp=4' (see --help)"),
+    ("mesh_shape without --parallelism mesh", "text.txt", ["--mesh_shape", "fsdp=8"], 2,
+     "train.py: error: mesh_shape applies to --parallelism mesh only; add --parallelism mesh, "
+     "or drop mesh_shape (see --help)"),
+    ("resume with another batch per process", "text.txt",
+     ["--per_device_train_batch_size", "1"], 1,
+     "error: OUT/checkpoints/2/data was written with batches of 16 examples per process, this "
+     "run's have 8: the input position cannot carry over. To resume on another number of "
+     "devices, keep the batch: --global_train_batch_size 16"),
 ]
 
 

@@ -1,4 +1,5 @@
-"""Checkpoints: exact resume of state and input position, keep-N, the output_dir guard, signals."""
+"""Checkpoints: exact resume of state and input position, across meshes and pmap; keep-N,
+the output_dir guard, signals."""
 
 import json
 import os
@@ -7,20 +8,21 @@ import subprocess
 import sys
 import textwrap
 
-import flax
 import jax
 import numpy as np
+import optax
 import pytest
 import tensorflow as tf
 
-from trainer import checkpoints, run_dir, stopping
+from trainer import checkpoints, feed, run_dir, stopping
+from trainer import mesh as mesh_lib
+from trainer import step as step_lib
 
 
 def shuffled_batches():
-    """A small stateful-looking pipeline (shuffle buffer, map, prefetch) with a [D, B] layout."""
-    devices = jax.local_device_count()
+    """A small stateful-looking pipeline (shuffle buffer, map, prefetch) of host batches."""
     ds = tf.data.Dataset.range(10_000).shuffle(64, seed=3)
-    ds = ds.batch(devices * 2).map(lambda x: {"x": tf.reshape(x, [devices, 2])})
+    ds = ds.batch(16, drop_remainder=True).map(lambda x: {"x": x})  # 2 per device of 8
     return ds.prefetch(2)
 
 
@@ -34,30 +36,31 @@ def make_state(scale=1.0, shape=(3, 4)):
 
 
 def test_round_trip_restores_state_and_next_batches(tmp_path):
-    data = checkpoints.DataIterator(shuffled_batches())
-    batches = data.to_device(2)
+    place = feed.PmapFeed().place_batch
+    data = feed.DataIterator(shuffled_batches())
+    batches = data.to_device(place)
     host_values(batches, 5)
     ckpt = checkpoints.Checkpoints(tmp_path)
-    ckpt.save(5, flax.jax_utils.replicate(make_state(2.0)), data, wait=True)
+    ckpt.save(5, make_state(2.0), data, wait=True)
     expected = host_values(batches, 6)
     ckpt.close()
 
-    resumed = checkpoints.DataIterator(shuffled_batches())
+    resumed = feed.DataIterator(shuffled_batches())
     ckpt = checkpoints.Checkpoints(tmp_path)
     assert ckpt.latest_step == 5
     state = ckpt.restore(make_state(0.0), resumed)
     ckpt.close()
     np.testing.assert_array_equal(state["params"]["w"], np.full((3, 4), 2.0))
     assert state["step"] == 7 and state["rng"].tolist() == [1, 2]
-    got = host_values(resumed.to_device(2), 6)
+    got = host_values(resumed.to_device(place), 6)
     np.testing.assert_array_equal(np.stack(got), np.stack(expected))
 
 
 def test_keeps_the_last_n_checkpoints(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # a relative output_dir, as users write it
-    data = checkpoints.DataIterator(shuffled_batches())
+    data = feed.DataIterator(shuffled_batches())
     ckpt = checkpoints.Checkpoints("run", save_total_limit=2)
-    state = flax.jax_utils.replicate(make_state())
+    state = make_state()
     for step in (1, 2, 3, 4):
         ckpt.save(step, state, data)
     ckpt.wait()
@@ -67,15 +70,73 @@ def test_keeps_the_last_n_checkpoints(tmp_path, monkeypatch):
 
 
 def test_checkpoint_of_another_model_is_a_clear_error(tmp_path):
-    data = checkpoints.DataIterator(shuffled_batches())
+    data = feed.DataIterator(shuffled_batches())
     ckpt = checkpoints.Checkpoints(tmp_path)
-    ckpt.save(1, flax.jax_utils.replicate(make_state()), data, wait=True)
+    ckpt.save(1, make_state(), data, wait=True)
     with pytest.raises(checkpoints.CheckpointMismatchError, match="params/w has shape \\(3, 4\\)"):
         ckpt.restore(make_state(shape=(3, 5)), data)
     other = {"params": {"v": np.zeros(2, np.float32)}, "step": np.int32(0),
              "rng": np.zeros(2, np.uint32)}
     with pytest.raises(checkpoints.CheckpointMismatchError, match="has no params/v"):
         ckpt.restore(other, data)
+    ckpt.close()
+
+
+def train_state():
+    """A TrainState of a small model's shapes (one dimension fsdp=4 divides, one it does not)."""
+    params = {"dense": {"kernel": np.arange(24, dtype=np.float32).reshape(8, 3),
+                        "bias": np.arange(3, dtype=np.float32)}}
+    return step_lib.create_train_state(params, optax.adam(0.1), jax.random.PRNGKey(4))
+
+
+def assert_same_state(got, want):
+    assert jax.tree.structure(got) == jax.tree.structure(want)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_state_restores_across_meshes_and_pmap(tmp_path):
+    """Sharded (data=2,fsdp=4) -> host arrays (pmap) and a 4-device mesh; host -> fsdp=8."""
+    host = jax.device_get(train_state())
+    fsdp4 = feed.MeshFeed(mesh_lib.create_mesh({"data": 2, "fsdp": 4}))
+    state = fsdp4.place_state(host)
+    kernel = state.params["dense"]["kernel"]
+    assert {s.data.shape for s in kernel.addressable_shards} == {(2, 3)}  # split along 8
+    data = feed.DataIterator(shuffled_batches())
+    ckpt = checkpoints.Checkpoints(tmp_path / "mesh")
+    ckpt.save(1, fsdp4.saveable(state), data, wait=True)
+
+    pmap = feed.PmapFeed()
+    as_host = ckpt.restore(pmap.restore_target(pmap.place_state(host)), data)
+    assert isinstance(as_host.params["dense"]["kernel"], np.ndarray)
+    assert_same_state(as_host, host)
+    four = feed.MeshFeed(mesh_lib.create_mesh({"data": 4, "fsdp": 1}, jax.devices()[:4]))
+    on_four = ckpt.restore(four.restore_target(four.place_state(host)), data)
+    assert on_four.params["dense"]["kernel"].sharding == four.shardings(on_four).params[
+        "dense"]["kernel"]
+    assert_same_state(on_four, host)
+    ckpt.close()
+
+    ckpt = checkpoints.Checkpoints(tmp_path / "pmap")
+    ckpt.save(1, pmap.saveable(pmap.place_state(host)), data, wait=True)
+    fsdp8 = feed.MeshFeed(mesh_lib.create_mesh({"data": 1, "fsdp": 8}))
+    target = fsdp8.restore_target(fsdp8.place_state(host))
+    on_eight = ckpt.restore(target, data)
+    ckpt.close()
+    assert {s.data.shape for s in on_eight.params["dense"]["kernel"].addressable_shards} == {
+        (1, 3)}
+    assert_same_state(on_eight, host)
+
+
+def test_another_host_batch_is_refused_naming_the_global_batch_to_keep(tmp_path):
+    data = feed.DataIterator(shuffled_batches())
+    ckpt = checkpoints.Checkpoints(tmp_path)
+    ckpt.save(1, make_state(), data, wait=True)
+    halves = feed.DataIterator(shuffled_batches().unbatch().batch(8, drop_remainder=True))
+    with pytest.raises(checkpoints.CheckpointMismatchError,
+                       match="batches of 16 examples per process, this run's have 8.*"
+                             "--global_train_batch_size 16$"):
+        ckpt.restore(make_state(), halves)
     ckpt.close()
 
 
@@ -136,16 +197,16 @@ def test_output_dir_guard(tmp_path):
 
 KILL_DURING_SAVE = textwrap.dedent("""
     import os, signal, sys
-    import flax, numpy as np
+    import numpy as np
     sys.path.insert(0, {root!r})
     from tests.test_checkpoints import shuffled_batches
-    from trainer import checkpoints
-    data = checkpoints.DataIterator(shuffled_batches())
+    from trainer import checkpoints, feed
+    data = feed.DataIterator(shuffled_batches())
     ckpt = checkpoints.Checkpoints({out!r})
     small = {{"w": np.ones(4, np.float32)}}
-    ckpt.save(1, flax.jax_utils.replicate(small), data, wait=True)
+    ckpt.save(1, small, data, wait=True)
     big = {{"w": np.ones(4, np.float32), "big": np.ones(25_000_000, np.float32)}}
-    ckpt.save(2, flax.jax_utils.replicate(big), data)  # async: returns while writing
+    ckpt.save(2, big, data)  # async: returns while writing
     names = os.listdir(os.path.join({out!r}, "checkpoints"))
     print("during save:", sorted(names), flush=True)
     os.kill(os.getpid(), signal.SIGKILL)
@@ -163,7 +224,7 @@ def test_kill_during_checkpoint_write_keeps_previous_checkpoint(tmp_path):
 
     ckpt = checkpoints.Checkpoints(tmp_path)
     assert ckpt.latest_step == 1
-    data = checkpoints.DataIterator(shuffled_batches())
+    data = feed.DataIterator(shuffled_batches())
     state = ckpt.restore({"w": np.zeros(4, np.float32)}, data)
     ckpt.close()
     np.testing.assert_array_equal(state["w"], np.ones(4))

@@ -285,17 +285,19 @@ def absurd_learning_rate(config, tmp_path, name, **overrides):
     return output_dir, train_runs.write_config(tmp_path / f"{name}.json", settings, output_dir)
 
 
-@pytest.fixture(scope="module")
-def diverged(tmp_path_factory, config):
+@pytest.fixture(scope="module", params=sorted(train_runs.PARALLELISM))
+def diverged(request, tmp_path_factory, config):
+    """The diverging run, under pmap and on a mesh: (output_dir, exit code, stderr, settings)."""
+    settings = train_runs.PARALLELISM[request.param]
     output_dir, config_file = absurd_learning_rate(config, tmp_path_factory.mktemp("nan"),
-                                                   "diverged")
+                                                   "diverged", **settings)
     code, stderr = run_in_process(config_file)
-    return output_dir, code, stderr
+    return output_dir, code, stderr, settings
 
 
 @pytest.mark.slow
 def test_nonfinite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(diverged):
-    output_dir, code, stderr = diverged
+    output_dir, code, stderr, _ = diverged
     assert code == 1, stderr[-3000:]
     errors = error_lines(stderr)
     assert len(errors) == 1, stderr[-3000:]
@@ -315,7 +317,7 @@ def test_skip_nonfinite_updates_continues_and_counts_them(tmp_path, config, dive
     from test_monitoring import read_scalars  # pylint: disable=import-outside-toplevel
 
     output_dir, config_file = absurd_learning_rate(config, tmp_path, "skipping",
-                                                   skip_nonfinite_updates=True)
+                                                   skip_nonfinite_updates=True, **diverged[3])
     code, stderr = run_in_process(config_file)
     assert code == 0, stderr[-3000:]
     counted = read_scalars(output_dir / run_dir.LOG_DIR)["train/nonfinite_updates"]

@@ -48,11 +48,12 @@ def test_train_elements_follow_the_contract(config, tokenizer):
     batch = _numpy(_train(config, tokenizer).take(1))[0]
     expected = {"input_ids": L, "attention_mask": L, "token_type_ids": L, "labels": L,
                 "masked_positions": P, "masked_ids": P, "masked_weights": P}
-    assert {k: v.shape for k, v in batch.items()} == {k: (D, B, w) for k, w in expected.items()}
+    # Host batches: the feed, not the pipeline, splits them over devices.
+    assert {k: v.shape for k, v in batch.items()} == {k: (D * B, w) for k, w in expected.items()}
     assert all(v.dtype == (np.float32 if k == "masked_weights" else np.int32)
                for k, v in batch.items())
     spec = _train(config, tokenizer).element_spec
-    assert all(s.shape == (D, B, expected[k]) for k, s in spec.items())
+    assert all(s.shape == (D * B, expected[k]) for k, s in spec.items())
 
 
 def test_training_is_deterministic_for_a_seed(config, tokenizer):

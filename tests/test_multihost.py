@@ -1,12 +1,14 @@
 """Two train.py processes on one machine forming one JAX cluster, on uneven data.
 
 Each process has 2 CPU devices; they join through `jax.distributed` on
-127.0.0.1 (gloo collectives), so the pmapped step runs on 4 devices across
-both. The data is deliberately uneven: 3 training files and 3 validation
-files of different lengths over 2 hosts, and no max_steps, so the shorter
-host runs out of its shard first. The files are gzipped: hosts take whole
-compressed files, where uncompressed ones would be shared out evenly by
-blocks (pipeline/blocks.py). One shared cluster run serves every
+127.0.0.1 (gloo collectives), so the step runs on 4 devices across both: the
+pmapped one, and the jitted one on a mesh whose fsdp axis spans both
+processes (every test of the cluster run runs for both). The data is
+deliberately uneven: 3 training files and 3 validation files of different
+lengths over 2 hosts, and no max_steps, so the shorter host runs out of its
+shard first. The files are gzipped: hosts take whole compressed files, where
+uncompressed ones would be shared out evenly by blocks (pipeline/blocks.py).
+One shared cluster run serves every
 assertion: it is killed (SIGKILL, both processes) after its first
 checkpoint and rerun to the end. Every subprocess has a timeout, so a hang
 fails the test instead of blocking CI.
@@ -123,7 +125,7 @@ def free_port():
         return s.getsockname()[1]
 
 
-def write_configs(directory, data_config, tokenizer_dir, output_dir):
+def write_configs(directory, data_config, tokenizer_dir, output_dir, settings=None):
     base = {
         "model_type": "bert",
         "config_overrides": (train_runs.TINY_BERT
@@ -148,6 +150,7 @@ def write_configs(directory, data_config, tokenizer_dir, output_dir):
         "output_dir": str(output_dir),
         "coordinator_address": f"127.0.0.1:{free_port()}",
         "num_processes": HOSTS,
+        **(settings or {}),
     }
     paths = []
     for i in range(HOSTS):
@@ -156,10 +159,10 @@ def write_configs(directory, data_config, tokenizer_dir, output_dir):
     return paths
 
 
-def start_cluster(directory, data_config, tokenizer_dir, output_dir, env, name):
+def start_cluster(directory, data_config, tokenizer_dir, output_dir, env, name, settings=None):
     procs = []
     for i, config_file in enumerate(
-            write_configs(directory, data_config, tokenizer_dir, output_dir)):
+            write_configs(directory, data_config, tokenizer_dir, output_dir, settings)):
         log = open(directory / f"{name}_{i}.log", "w", encoding="utf-8")
         procs.append(subprocess.Popen(
             [sys.executable, os.path.join(ROOT, "train.py"), str(config_file)], cwd=ROOT,
@@ -203,15 +206,16 @@ def cluster_env(directory):
                 JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory, data_config, tokenizer_dir):
+@pytest.fixture(scope="module", params=sorted(train_runs.PARALLELISM))
+def cluster(request, tmp_path_factory, data_config, tokenizer_dir):
     """Run 1 killed after its first checkpoint, run 2 resumed to the end: logs, pids, dirs."""
-    directory = tmp_path_factory.mktemp("multihost_run")
+    directory = tmp_path_factory.mktemp(f"multihost_run_{request.param}")
     output_dir = directory / "out"
     env = cluster_env(directory)
     runs = []
     for name, until in (("killed", lambda: committed_steps(output_dir)), ("resumed", None)):
-        procs = start_cluster(directory, data_config, tokenizer_dir, output_dir, env, name)
+        procs = start_cluster(directory, data_config, tokenizer_dir, output_dir, env, name,
+                              train_runs.PARALLELISM[request.param])
         codes = finish(procs, until)
         runs.append({
             "returncodes": codes,

@@ -16,6 +16,9 @@ import transformers
 from jax.sharding import Mesh, PartitionSpec
 
 import model
+from model import bert
+from trainer import feed
+from trainer import mesh as mesh_lib
 from trainer import step as steps
 from trainer.args import parse_args
 from trainer.metrics import EvalMetrics
@@ -112,13 +115,25 @@ def test_token_losses_match_optax_with_and_without_smoothing():
                                optax.softmax_cross_entropy(logits, smoothed), rtol=1e-5)
 
 
-def test_dropout_keys_differ_by_device_and_step():
-    keys = jax.pmap(steps.dropout_key, axis_name=steps.AXIS, in_axes=(None, 0))
-    base = jax.random.PRNGKey(3)
-    step0 = np.asarray(keys(base, np.zeros(DEVICES, np.int32)))
-    step1 = np.asarray(keys(base, np.ones(DEVICES, np.int32)))
-    assert len({tuple(k) for k in np.concatenate([step0, step1])}) == 2 * DEVICES
-    np.testing.assert_array_equal(step0, keys(base, np.zeros(DEVICES, np.int32)))
+def test_dropout_masks_differ_by_example_and_step_but_not_by_device():
+    """Masks are drawn per (step, example, position): fresh per step and per example,
+    reproducible, and an example's mask is the same whichever device holds it."""
+    per_device, shape = 2, (DEVICES * 2, 5, 6)
+
+    def masks(step):
+        rng = jax.random.fold_in(jax.random.PRNGKey(3), step)
+        whole = np.asarray(bert.keep_mask(rng, shape, 0.5))  # every example on one device
+        split = jax.pmap(lambda _: bert.keep_mask(rng, (per_device,) + shape[1:], 0.5,
+                                                  steps.example_ids(per_device)),
+                         axis_name=steps.AXIS)(np.arange(DEVICES))
+        np.testing.assert_array_equal(np.asarray(split).reshape(shape), whole)
+        return whole
+
+    step0, step1 = masks(0), masks(1)
+    rows = np.concatenate([step0, step1]).reshape(2 * shape[0], -1)
+    assert len({row.tobytes() for row in rows}) == 2 * shape[0]
+    np.testing.assert_array_equal(step0, masks(0))
+    assert 0.4 < step0.mean() < 0.6
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +147,7 @@ def test_train_step_equals_one_big_batch_on_one_device(sgd_step):
     module, tx, state, p_train_step = sgd_step
     batch = make_batch(0, per_device=2, predicted=3)
     batch["masked_weights"][::2, :, 1:] = 0.0  # devices predict different numbers of tokens
-    new_state, metrics = p_train_step(steps.replicate(state), batch)
+    new_state, metrics = p_train_step(feed.replicate(state), batch)
 
     big = flat(batch)
 
@@ -156,11 +171,11 @@ def test_gradient_accumulation_equals_one_big_batch(sgd_step, no_dropout):
     module, tx, state, p_train_step = sgd_step
     batch = make_batch(1, per_device=4, predicted=2)
     batch["masked_weights"][:, 1, :] = 1.0  # micro-batches of unequal token counts
-    whole_state, whole_metrics = p_train_step(steps.replicate(state), batch)
+    whole_state, whole_metrics = p_train_step(feed.replicate(state), batch)
 
     options = steps.StepOptions(gradient_accumulation_steps=4)
     p_accumulating = steps.make_p_train_step(module.apply, tx, constant(1.0), options)
-    accum_state, accum_metrics = p_accumulating(steps.replicate(state), batch)
+    accum_state, accum_metrics = p_accumulating(feed.replicate(state), batch)
 
     leaves_close(first(accum_state.params), first(whole_state.params), atol=1e-6)
     for name, value in first(whole_metrics).compute().items():
@@ -168,17 +183,28 @@ def test_gradient_accumulation_equals_one_big_batch(sgd_step, no_dropout):
                                    err_msg=name)
 
 
-def test_no_recompilation_after_the_first_step(sgd_step):
-    """Counts XLA compilations: none once the first step has run."""
+@pytest.fixture(scope="module", params=["pmap", "mesh"])
+def sgd_layout(request, sgd_step):
+    """(feed, its compiled SGD step) for pmap and for a data=2,fsdp=4 mesh."""
     module, tx, state, p_train_step = sgd_step
-    batches = [make_batch(seed, per_device=2) for seed in range(4)]
-    state, _ = p_train_step(steps.replicate(state), batches[0])
+    if request.param == "pmap":
+        return feed.PmapFeed(), p_train_step
+    layout = feed.MeshFeed(mesh_lib.create_mesh({"data": 2, "fsdp": 4}))
+    return layout, layout.train_step(state, module.apply, tx, constant(1.0), steps.StepOptions())
+
+
+def test_no_recompilation_after_the_first_step(sgd_step, sgd_layout):
+    """Counts XLA compilations: none once the first step has run (pmap and mesh)."""
+    state = sgd_step[2]
+    layout, train_step = sgd_layout
+    batches = [layout.place_batch(flat(make_batch(seed, per_device=2))) for seed in range(4)]
+    state, _ = train_step(layout.place_state(state), batches[0])
     compiled, listener = count_compilations()
     try:
         jax.jit(lambda x: x * 3 + 1)(np.arange(3.0)).block_until_ready()
         assert len(compiled) == 1  # the counter does see a compilation
         for batch in batches[1:]:
-            state, metrics = p_train_step(state, batch)
+            state, metrics = train_step(state, batch)
         jax.block_until_ready((state, metrics))
     finally:
         jax.monitoring.unregister_event_duration_listener(listener)
@@ -191,13 +217,13 @@ def test_nonfinite_update_is_counted_and_skipped_when_asked(sgd_step):
     bad = make_batch(2, per_device=2)
     bad["masked_weights"][0, 0, 0] = np.inf
 
-    applied, metrics = p_train_step(steps.replicate(state), bad)
+    applied, metrics = p_train_step(feed.replicate(state), bad)
     assert first(metrics).compute()["nonfinite_updates"] == 1
     assert not np.all(np.isfinite(jax.tree.leaves(first(applied.params))[0]))
 
     options = steps.StepOptions(skip_nonfinite_updates=True)
     p_skipping = steps.make_p_train_step(module.apply, tx, constant(1.0), options)
-    skipped, metrics = p_skipping(steps.replicate(state), bad)
+    skipped, metrics = p_skipping(feed.replicate(state), bad)
     assert first(metrics).compute()["nonfinite_updates"] == 1
     leaves_close(first(skipped.params), state.params, atol=0)
     assert int(first(skipped.step)) == 1
@@ -220,7 +246,7 @@ def test_pmap_and_shard_map_give_the_same_step_with_dropout():
     state = state.replace(step=jnp.int32(1))  # a non-zero learning rate
 
     by_pmap, pmap_metrics = steps.make_p_train_step(module.apply, tx, schedule)(
-        steps.replicate(state), batch)
+        feed.replicate(state), batch)
 
     mesh = Mesh(np.array(jax.devices()), (steps.AXIS,))
     per_device = functools.partial(steps.train_step, apply_fn=module.apply, tx=tx,
@@ -238,14 +264,14 @@ def test_pmap_and_shard_map_give_the_same_step_with_dropout():
     leaves_close(by_shard_map.opt_state, first(by_pmap.opt_state), atol=1e-7)
     # Dropout is on: the training loss differs from the deterministic one.
     eval_loss = steps.make_p_eval_step(module.apply)(
-        steps.replicate(params), batch).unreplicate().compute()["loss"]
+        feed.replicate(params), batch).unreplicate().compute()["loss"]
     assert abs(eval_loss - expected["loss"]) > 1e-4
 
 
 def test_eval_sums_weight_out_padding_and_merge_token_weighted(no_dropout):
     module, params = no_dropout
     p_eval_step = steps.make_p_eval_step(module.apply)
-    replicated = steps.replicate(params)
+    replicated = feed.replicate(params)
     batch = make_batch(6, per_device=3, padding_examples=1)
     garbage = {key: value.copy() for key, value in batch.items()}  # other padding content
     garbage["input_ids"][:, -1] = 7
@@ -275,7 +301,7 @@ def test_eval_sums_weight_out_padding_and_merge_token_weighted(no_dropout):
 
 def test_full_head_on_labels_equals_masked_gather(no_dropout):
     module, params = no_dropout
-    replicated = steps.replicate(params)
+    replicated = feed.replicate(params)
     batch = make_batch(9, per_device=2, predicted=3, padding_examples=1)
     gathered = steps.make_p_eval_step(module.apply)(replicated, batch)
     full = steps.make_p_eval_step(module.apply, steps.StepOptions(full_mlm_head=True))(
@@ -287,8 +313,8 @@ def test_full_head_on_labels_equals_masked_gather(no_dropout):
 
 def test_replicate_places_state_like_the_step_outputs(sgd_step):
     module, tx, state, p_train_step = sgd_step
-    replicated = steps.replicate(state)
-    new_state, _ = p_train_step(steps.replicate(state), make_batch(10, per_device=2))
+    replicated = feed.replicate(state)
+    new_state, _ = p_train_step(feed.replicate(state), make_batch(10, per_device=2))
     assert replicated.params["cls"]["predictions"]["bias"].sharding == \
         new_state.params["cls"]["predictions"]["bias"].sharding
     assert flax.jax_utils.unreplicate(replicated).step == 0

@@ -1,7 +1,8 @@
 """train.py end to end on 8 CPU devices: train, evaluate, checkpoint, get killed, resume, export.
 
 Each run is a real `python train.py config.json` subprocess on a tiny BERT,
-so the kill, the signal handling and the resume are the product's own.
+so the kill, the signal handling and the resume are the product's own. Every
+test runs under pmap and on a mesh with sharded parameters (data=2,fsdp=4).
 """
 
 import json
@@ -16,17 +17,19 @@ import train
 from trainer import checkpoints, run_dir
 
 from test_monitoring import read_scalars  # TensorBoard's own event reader
-from train_runs import finish, read_until, run, start, tiny_config, write_config
+from train_runs import (PARALLELISM, finish, read_until, run, start, tiny_config,
+                        write_config)
 
 STEPS = 40
 GRACE_SECONDS = 30  # what a preempted Cloud VM (and Kubernetes, by default) allows after SIGTERM
 
 
-@pytest.fixture(scope="module")
-def config(corpus_file, tokenizer_dir):
+@pytest.fixture(scope="module", params=sorted(PARALLELISM))
+def config(request, corpus_file, tokenizer_dir):
     return tiny_config(corpus_file, tokenizer_dir, max_eval_samples=48, do_eval=True,
                        per_device_eval_batch_size=2, learning_rate=3e-3, warmup_steps=5,
-                       max_steps=STEPS, eval_steps=20, save_steps=4, profile_steps=3, seed=1)
+                       max_steps=STEPS, eval_steps=20, save_steps=4, profile_steps=3, seed=1,
+                       **PARALLELISM[request.param])
 
 
 @pytest.fixture(scope="module", autouse=True)

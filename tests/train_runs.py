@@ -18,6 +18,10 @@ import threading
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAUSE_MARKER = "paused in checkpoint write:"
 PAUSE_SECONDS = 300  # a paused run that nobody kills still ends
+# Settings of the runs that end-to-end tests repeat per parallelism: the default (pmap), and a
+# mesh whose fsdp axis shards the parameters 4 ways (data=2 on 8 devices; both hosts' 4 devices
+# in the multi-host test).
+PARALLELISM = {"pmap": {}, "mesh": {"parallelism": "mesh", "mesh_shape": "data=-1,fsdp=4"}}
 # The end-to-end tests' model: a one-layer BERT that compiles in seconds on a CPU.
 TINY_BERT = ("hidden_size=32,num_hidden_layers=1,num_attention_heads=2,intermediate_size=37,"
              "max_position_embeddings=64")

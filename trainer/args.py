@@ -19,6 +19,7 @@ from transformers import HfArgumentParser
 from model.configuration import SUPPORTED_MODEL_TYPES
 from pipeline.config import DataConfig
 from pipeline.formats import INVALID_UTF8
+from trainer.mesh import parse_mesh_shape
 from trainer.schedules import create_learning_rate_schedule
 
 logger = logging.getLogger(__name__)
@@ -26,6 +27,7 @@ logger = logging.getLogger(__name__)
 OPTIMIZERS = ("adamw", "lamb", "adafactor")
 DTYPES = ("float32", "float16", "bfloat16")
 WORD_SEGMENTERS = ("jieba",)
+PARALLELISMS = ("pmap", "mesh")
 
 # Accepted for compatibility with run_mlm_flax.py (and its Hub plumbing) but without effect:
 # no Hub uploads, no datasets cache (the pipeline streams), always a fast tokenizer.
@@ -251,6 +253,15 @@ class TrainingArguments:
         default=0,
         metadata={"help": "At the end, show the model's guesses for a hidden word in this many "
                           "held-out sentences."})
+    parallelism: str = field(
+        default="pmap",
+        metadata={"help": "pmap: every device holds the whole model (data parallel); mesh: "
+                          "jit over a device mesh with the parameters and optimizer state "
+                          "sharded over its fsdp axis (see --mesh_shape)."})
+    mesh_shape: Optional[str] = field(
+        default=None,
+        metadata={"help": "With --parallelism mesh: the axis sizes, e.g. 'data=-1,fsdp=4' "
+                          "(-1: the rest of the devices; default 'data=-1')."})
     coordinator_address: Optional[str] = field(
         default=None, metadata={"help": "Multi-host: the coordinator's host:port."})
     num_processes: Optional[int] = field(
@@ -278,6 +289,12 @@ class TrainingArguments:
         for name in ("warmup_steps", "max_grad_norm", "weight_decay", "profile_steps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        _check_choice("parallelism", self.parallelism, PARALLELISMS)
+        if self.mesh_shape is not None:
+            if self.parallelism != "mesh":
+                raise ValueError("mesh_shape applies to --parallelism mesh only; add "
+                                 "--parallelism mesh, or drop mesh_shape")
+            parse_mesh_shape(self.mesh_shape)
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         # Fail on a misspelt factor now, not after the data and model have loaded.

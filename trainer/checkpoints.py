@@ -3,8 +3,15 @@
 A run resumes exactly where it stopped only if the checkpoint of step N holds
 both the state after N steps and the input stream positioned at batch N. The
 loop prefetches to device, so the tf.data iterator runs a batch or two ahead
-of the step; `DataIterator` remembers the batches fetched but not yet trained
-on, and the checkpoint stores them next to the iterator's own state.
+of the step; `feed.DataIterator` remembers the host batches fetched but not
+yet trained on, and the checkpoint stores them next to the iterator's own
+state.
+
+The train state is stored unreplicated, in its global shapes: a pmap run
+saves one replica from the host, a mesh run its sharded arrays (each process
+writes its own shards). Either restores into either, on any number of
+devices: the restore target says the shapes and, for a mesh, the shardings
+to read into.
 
 The input state is a custom Orbax item (`DataIteratorHandler`) rather than a
 file written after Orbax commits: Orbax calls a synchronous handler during
@@ -28,12 +35,12 @@ import sys
 from typing import Optional
 
 from etils import epath
-import flax.jax_utils
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import tensorflow as tf
 
+from trainer.feed import DataIterator
 from trainer.run_dir import CHECKPOINT_DIR, OutputDirError, absolute
 
 class CheckpointMismatchError(ValueError):
@@ -42,51 +49,6 @@ class CheckpointMismatchError(ValueError):
 
 class CheckpointWriteError(OutputDirError):
     """A checkpoint could not be written (disk full, no permission); the earlier ones stay."""
-
-
-class DataIterator:
-    """Numpy batches from a tf.data dataset whose exact position can be checkpointed.
-
-    Iterate it through `to_device`: batches handed to the device prefetcher
-    but not yet yielded to the loop stay in `pending` and are saved with the
-    tf.data iterator state, so a restore replays them first.
-    """
-
-    def __init__(self, dataset: tf.data.Dataset):
-        self.iterator = iter(dataset)
-        self.pending = collections.deque()  # fetched from tf.data, not yet trained on
-        self.replay = collections.deque()  # restored pending batches, to serve first
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        if self.replay:
-            batch = self.replay.popleft()
-        else:
-            batch = jax.tree.map(lambda t: t.numpy(), next(self.iterator))
-        self.pending.append(batch)
-        return batch
-
-    def peek(self):
-        """The next batch, which stays next: reads input early, so that bad data shows early."""
-        batch = next(self)
-        self.replay.appendleft(self.pending.pop())
-        return batch
-
-    def to_device(self, size: int = 2, axis_name: str = "batch"):
-        """Yields device batches (`prefetch_to_device`), each counted as consumed when yielded.
-
-        `axis_name` should be the pmap axis: arrays laid out on a mesh of
-        another name make the pmapped step compile a second time.
-        """
-        for batch in flax.jax_utils.prefetch_to_device(self, size, axis_name=axis_name):
-            self.pending.popleft()
-            yield batch
-
-    def unconsumed(self) -> list:
-        """The batches the next train steps will see before the tf.data iterator's next one."""
-        return list(self.pending) + list(self.replay)
 
 
 class DataIteratorHandler(ocp.CheckpointHandler):
@@ -106,7 +68,8 @@ class DataIteratorHandler(ocp.CheckpointHandler):
         buffer = io.BytesIO()  # zipfile needs a file it can read back; gs:// files are write-only
         np.savez(buffer, **arrays)
         (process_dir / "pending.npz").write_bytes(buffer.getvalue())
-        meta = {"process_count": jax.process_count(), "pending_batches": len(batches)}
+        meta = {"process_count": jax.process_count(), "pending_batches": len(batches),
+                "host_batch": args.data.host_batch}
         (process_dir / "meta.json").write_text(json.dumps(meta))
 
     def restore(self, directory: epath.Path, args: "DataIteratorRestore"):
@@ -121,6 +84,12 @@ class DataIteratorHandler(ocp.CheckpointHandler):
                 f"{directory} was written by {meta['process_count']} processes, "
                 f"this run has {jax.process_count()}; each host's input position "
                 "cannot be carried over to a different number of hosts")
+        if meta.get("host_batch", args.data.host_batch) != args.data.host_batch:
+            raise CheckpointMismatchError(
+                f"{directory} was written with batches of {meta['host_batch']} examples per "
+                f"process, this run's have {args.data.host_batch}: the input position cannot "
+                "carry over. To resume on another number of devices, keep the batch: "
+                f"--global_train_batch_size {meta['host_batch'] * jax.process_count()}")
         tf.train.Checkpoint(iterator=args.data.iterator).read(
             str(process_dir / "iterator")).assert_consumed()
         arrays = dict(np.load(io.BytesIO((process_dir / "pending.npz").read_bytes())))
@@ -143,18 +112,6 @@ class DataIteratorSave(ocp.args.CheckpointArgs):
 @dataclasses.dataclass
 class DataIteratorRestore(ocp.args.CheckpointArgs):
     data: DataIterator
-
-
-def to_host(replicated_tree):
-    """One copy of a pmap-replicated pytree as numpy arrays.
-
-    Reads this process's first shard, so it also works when the arrays span
-    several processes; a shard keeps the device axis under some shardings.
-    """
-    def first(x):
-        shard = np.asarray(x.addressable_data(0))
-        return shard[0] if shard.ndim == x.ndim else shard
-    return jax.tree.map(first, replicated_tree)
 
 
 def fingerprint(host_tree) -> str:
@@ -196,10 +153,10 @@ class Checkpoints:
         return list(self._manager.all_steps())
 
     def save(self, step: int, state, data: DataIterator, *, wait: bool = False):
-        """Saves the pmap-replicated train state and this host's input position."""
+        """Saves a train state (a feed's `saveable`) and this host's input position."""
         self.wait()  # a failed previous save is reported as that step's, not this one's
         args = ocp.args.Composite(
-            state=ocp.args.StandardSave(to_host(state)),
+            state=ocp.args.StandardSave(state),
             data=DataIteratorSave(data))
         with self._writing(step):
             self._manager.save(step, args=args, force=True)
@@ -208,14 +165,17 @@ class Checkpoints:
             self.wait()
 
     def restore(self, template, data: DataIterator, step: Optional[int] = None):
-        """Returns the host state of `step` (default: latest) shaped like `template`.
+        """Returns the state of `step` (default: latest) shaped and placed like `template`.
 
-        `data` is repositioned in place. A checkpoint of another model (different
-        parameter names or shapes) is a `CheckpointMismatchError` naming the first
-        difference.
+        Template leaves are arrays (restored as numpy) or jax.ShapeDtypeStructs
+        with shardings (restored as jax.Arrays, each device reading its shards):
+        a feed's `restore_target`. `data` is repositioned in place. A
+        checkpoint of another model (different parameter names or shapes) is a
+        `CheckpointMismatchError` naming the first difference.
         """
         step = self.latest_step if step is None else step
-        template = jax.tree.map(np.asarray, template)
+        template = jax.tree.map(
+            lambda x: x if isinstance(x, jax.ShapeDtypeStruct) else np.asarray(x), template)
         stored = self._manager.item_metadata(step)["state"]
         _check_same_shapes(template, stored, self.directory / str(step))
         restored = self._manager.restore(step, args=ocp.args.Composite(
@@ -314,7 +274,7 @@ def _path_name(path) -> str:
 
 def _check_same_shapes(template, stored, where):
     """Raises CheckpointMismatchError unless `stored` metadata has template's paths and shapes."""
-    want = {_path_name(p): tuple(np.shape(x))
+    want = {_path_name(p): tuple(x.shape)
             for p, x in jax.tree_util.tree_leaves_with_path(template)}
     have = {_path_name(p): tuple(getattr(m, "shape", ()) or ())
             for p, m in jax.tree_util.tree_leaves_with_path(stored)}

@@ -1,10 +1,21 @@
-"""The data-parallel train and eval steps.
+"""The train and eval steps, in a per-device form (pmap) and a global form (jit over a mesh).
 
-Both are written per device, with explicit collectives over the axis "batch",
-so the same functions run under jax.pmap (make_p_train_step/make_p_eval_step)
-and under jax.jit(jax.shard_map(...)). Every reduction is a sum plus a
-denominator: the loss of a step is the mean over all predicted tokens of all
-devices and micro-batches, and its gradient equals that of one big batch.
+With an axis name (default "batch") a step is a per-device function with
+explicit collectives, so it runs under jax.pmap (make_p_train_step) and
+under jax.jit(jax.shard_map(...)). Without one (axis_name=None) the same
+code is a function of the whole global batch, for jax.jit over a Mesh with
+sharded parameters (make_mesh_train_step): XLA's partitioner (GSPMD) inserts
+the collectives, so FSDP works for every optimizer, including those whose
+update needs a whole parameter (Adafactor's factored moments, LAMB's norms,
+global-norm clipping). Every reduction is a sum plus a denominator: the loss
+of a step is the mean over all predicted tokens of all devices and
+micro-batches, and its gradient equals that of one big batch.
+
+Dropout depends on each example's index in the global batch (model.bert.keep_mask),
+and micro-batches are strided (micro-batch k holds rows k, k + n, ...), so
+the masks, and the members of each micro-batch, are the same whichever
+devices hold the batch: both forms, on any number of devices, compute the
+same step up to the order of floating-point sums.
 """
 
 import dataclasses
@@ -14,7 +25,6 @@ from typing import Any
 import flax
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from jax import lax
 
@@ -34,29 +44,9 @@ class TrainState(flax.struct.PyTreeNode):
 
 
 def create_train_state(params, tx, rng):
-    """A fresh state at step 0 (unreplicated; replicate it for pmap)."""
+    """A fresh state at step 0 (unplaced: a feed lays it out for its step)."""
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       opt_state=tx.init(params), dropout_rng=rng)
-
-
-def _identity(tree):
-    return tree
-
-
-_place_like_pmap_outputs = jax.pmap(_identity, axis_name=AXIS)
-
-
-def replicate(tree):
-    """A copy of tree on every local device, placed exactly as the pmapped steps return it.
-
-    flax.jax_utils.replicate places arrays differently from pmap outputs (since
-    JAX 0.10, on a mesh with another axis name), which makes the step compile a
-    second time at step 2. Use this for the initial and the restored state.
-    """
-    count = jax.local_device_count()
-    stacked = jax.tree.map(lambda x: np.broadcast_to(x, (count,) + np.shape(x)),
-                           jax.device_get(tree))
-    return _place_like_pmap_outputs(stacked)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,9 +66,14 @@ class StepOptions:
                    full_mlm_head=training_args.full_mlm_head)
 
 
-def dropout_key(rng, step):
-    """This device's dropout key for a step: fresh per step and per device, and reproducible."""
-    return jax.random.fold_in(jax.random.fold_in(rng, step), lax.axis_index(AXIS))
+def example_ids(rows, axis_name=AXIS):
+    """Indices in the global batch of this device's `rows` examples (all of them when global).
+
+    Devices hold consecutive blocks of the global batch, in device order, as
+    the pipeline's host batches are laid out by either feed.
+    """
+    first = 0 if axis_name is None else lax.axis_index(axis_name) * rows
+    return first + jnp.arange(rows)
 
 
 def token_losses(logits, targets, label_smoothing=0.0):
@@ -104,12 +99,13 @@ def _prediction_targets(batch, full_mlm_head):
     return batch["masked_positions"], batch["masked_ids"], weights
 
 
-def _token_sums(apply_fn, params, batch, *, full_mlm_head, label_smoothing=0.0, rngs=None):
-    """This device's loss and accuracy sums over predicted tokens, and their count."""
+def _token_sums(apply_fn, params, batch, *, full_mlm_head, label_smoothing=0.0, rngs=None,
+                ids=None):
+    """The loss and accuracy sums over the batch's predicted tokens, and their count."""
     positions, targets, weights = _prediction_targets(batch, full_mlm_head)
     logits = apply_fn({"params": params}, batch["input_ids"], batch["attention_mask"],
                       token_type_ids=batch.get("token_type_ids"), masked_positions=positions,
-                      deterministic=rngs is None, rngs=rngs)
+                      deterministic=rngs is None, rngs=rngs, example_ids=ids)
     losses = token_losses(logits, targets, label_smoothing)
     correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
     return {"loss_sum": jnp.sum(losses * weights),
@@ -117,53 +113,67 @@ def _token_sums(apply_fn, params, batch, *, full_mlm_head, label_smoothing=0.0, 
             "token_count": jnp.sum(weights)}
 
 
-def _micro_batches(batch, count):
-    """[count * B, ...] -> [count, B, ...] for every array of the batch."""
-    size = batch["input_ids"].shape[0]
+def _micro_batches(tree, count):
+    """[count * B, ...] -> [count, B, ...], micro-batch k holding rows k, k + count, ...
+
+    Strided rather than in blocks: a device's rows stay on the device under
+    either form, and which examples share a micro-batch does not depend on
+    how many devices split the batch.
+    """
+    size = jax.tree.leaves(tree)[0].shape[0]
     if size % count:
         raise ValueError(f"per-device batch of {size} examples does not split into "
                          f"gradient_accumulation_steps={count} equal micro-batches")
-    return jax.tree.map(lambda x: x.reshape((count, size // count) + x.shape[1:]), batch)
+    return jax.tree.map(
+        lambda x: jnp.swapaxes(x.reshape((size // count, count) + x.shape[1:]), 0, 1), tree)
 
 
-def train_step(state, batch, *, apply_fn, tx, learning_rate_fn, options=StepOptions()):
-    """One optimizer step on this device's share of the global batch.
+def train_step(state, batch, *, apply_fn, tx, learning_rate_fn, options=StepOptions(),
+               axis_name=AXIS, param_shardings=None):
+    """One optimizer step.
 
-    batch holds gradient_accumulation_steps * B examples per device; they are
-    processed B at a time and their sums added, then summed over devices.
-    Returns (new_state, TrainMetrics), the metrics identical on every device.
+    With axis_name, `batch` is this device's share and the sums are psum'd
+    over the axis; with axis_name=None it is the global batch (under jit, with
+    `param_shardings` the gradients' shardings). It holds
+    gradient_accumulation_steps micro-batches, processed one at a time and
+    their sums added. Returns (new_state, TrainMetrics), the metrics the same
+    on every device.
     """
-    rng = dropout_key(state.dropout_rng, state.step)
-    # Differentiate per device, then psum explicitly: without this cast, shard_map's
-    # varying-axes typing would already sum the gradients of replicated parameters.
-    per_device_params = lax.pcast(state.params, AXIS, to="varying")
+    rng = jax.random.fold_in(state.dropout_rng, state.step)  # the same on every device
+    params = state.params
+    if axis_name is not None:
+        # Differentiate per device, then psum explicitly: without this cast, shard_map's
+        # varying-axes typing would already sum the gradients of replicated parameters.
+        params = lax.pcast(params, axis_name, to="varying")
 
-    def sums_and_grads(micro_batch, micro_rng):
+    def sums_and_grads(micro_batch, ids):
         def loss_sum(params):
             sums = _token_sums(apply_fn, params, micro_batch,
                                full_mlm_head=options.full_mlm_head,
                                label_smoothing=options.label_smoothing,
-                               rngs={"dropout": micro_rng})
+                               rngs={"dropout": rng}, ids=ids)
             return sums["loss_sum"], sums
-        grads, sums = jax.grad(loss_sum, has_aux=True)(per_device_params)
+        grads, sums = jax.grad(loss_sum, has_aux=True)(params)
+        if param_shardings is not None:  # reduce-scattered as computed, not all-reduced
+            grads = lax.with_sharding_constraint(grads, param_shardings)
         return sums, grads
 
+    ids = example_ids(batch["input_ids"].shape[0], axis_name)
     accumulation = options.gradient_accumulation_steps
     if accumulation == 1:
-        sums, grads = sums_and_grads(batch, rng)
+        sums, grads = sums_and_grads(batch, ids)
     else:
-        micro_batches = _micro_batches(batch, accumulation)
+        micro_batches = _micro_batches((batch, ids), accumulation)
 
-        def add_micro_batch(totals, index):
-            micro_batch = jax.tree.map(lambda x: x[index], micro_batches)
-            result = sums_and_grads(micro_batch, jax.random.fold_in(rng, index))
-            return jax.tree.map(jnp.add, totals, result), None
+        def add_micro_batch(totals, micro_batch):
+            return jax.tree.map(jnp.add, totals, sums_and_grads(*micro_batch)), None
 
-        shapes = jax.eval_shape(sums_and_grads, jax.tree.map(lambda x: x[0], micro_batches), rng)
+        shapes = jax.eval_shape(sums_and_grads, *jax.tree.map(lambda x: x[0], micro_batches))
         zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-        (sums, grads), _ = lax.scan(add_micro_batch, zeros, jnp.arange(accumulation))
+        (sums, grads), _ = lax.scan(add_micro_batch, zeros, micro_batches)
 
-    sums, grads = lax.psum((sums, grads), AXIS)
+    if axis_name is not None:
+        sums, grads = lax.psum((sums, grads), axis_name)
     denominator = jnp.maximum(sums["token_count"], 1.0)
     grads = jax.tree.map(lambda g: g / denominator.astype(g.dtype), grads)
     grad_norm = optax.global_norm(grads)
@@ -184,10 +194,12 @@ def train_step(state, batch, *, apply_fn, tx, learning_rate_fn, options=StepOpti
     return new_state, metrics
 
 
-def eval_step(params, batch, *, apply_fn, options=StepOptions()):
+def eval_step(params, batch, *, apply_fn, options=StepOptions(), axis_name=AXIS):
     """Token-weighted loss and accuracy sums over all devices (padding has weight 0)."""
     sums = _token_sums(apply_fn, params, batch, full_mlm_head=options.full_mlm_head)
-    return EvalMetrics.single_from_model_output(**lax.psum(sums, AXIS))
+    if axis_name is not None:
+        sums = lax.psum(sums, axis_name)
+    return EvalMetrics.single_from_model_output(**sums)
 
 
 def make_p_train_step(apply_fn, tx, learning_rate_fn, options=StepOptions()):
@@ -201,3 +213,25 @@ def make_p_eval_step(apply_fn, options=StepOptions()):
     """eval_step pmapped over the local devices."""
     step = functools.partial(eval_step, apply_fn=apply_fn, options=options)
     return jax.pmap(step, axis_name=AXIS)
+
+
+def make_mesh_train_step(apply_fn, tx, learning_rate_fn, options=StepOptions(), *,
+                         state_shardings, batch_sharding, replicated):
+    """train_step on global arrays, jitted over a mesh; the state argument is donated.
+
+    The new state keeps the shardings of the old one (no second compilation)
+    and the metrics are replicated.
+    """
+    step = functools.partial(train_step, apply_fn=apply_fn, tx=tx,
+                             learning_rate_fn=learning_rate_fn, options=options, axis_name=None,
+                             param_shardings=state_shardings.params)
+    return jax.jit(step, in_shardings=(state_shardings, batch_sharding),
+                   out_shardings=(state_shardings, replicated), donate_argnums=(0,))
+
+
+def make_mesh_eval_step(apply_fn, options=StepOptions(), *, param_shardings, batch_sharding,
+                        replicated):
+    """eval_step on global arrays, jitted over a mesh."""
+    step = functools.partial(eval_step, apply_fn=apply_fn, options=options, axis_name=None)
+    return jax.jit(step, in_shardings=(param_shardings, batch_sharding),
+                   out_shardings=replicated)
