@@ -1,20 +1,27 @@
 """Pretrain or fine-tune a BERT-style masked language model on streaming text.
 
-    python train.py configs/demo.json
+    python train.py configs/demo.json --max_steps 100   # a JSON config, flags on top
     python train.py --model_type bert --tokenizer_name DIR --train_file 'data/*.txt' \
         --output_dir runs/x --max_steps 10000
 
 A rerun with the same output_dir resumes from its latest checkpoint.
 """
 
-import collections
-import functools
-import json
-import math
-import os
 import sys
 
 import pipeline  # noqa: F401  (first: it quiets TensorFlow's start-up before TensorFlow loads)
+from trainer import args as args_lib  # (light: no TensorFlow, JAX or transformers)
+
+# Run as a script, the command line is read before TensorFlow and JAX load (seconds), so
+# that --help and a mistyped flag answer at once.
+COMMAND_LINE = args_lib.parse_args() if __name__ == "__main__" else None
+
+import collections  # noqa: E402
+import functools  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import os  # noqa: E402
+
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
@@ -25,7 +32,6 @@ import model  # noqa: E402
 from model import configuration  # noqa: E402
 from pipeline import errors, inputs, sources  # noqa: E402
 from pipeline.errors import InputError  # noqa: E402
-from trainer import args as args_lib  # noqa: E402
 from trainer import checkpoints, compilation_cache, feed as feed_lib  # noqa: E402
 from trainer import monitoring, optimizers, run_dir, schedules, stopping  # noqa: E402
 from trainer import step as step_lib  # noqa: E402
@@ -444,7 +450,9 @@ def show_fill_mask(module, params, tokenizer, data_config, count, top_k=3):
 
 
 def main(argv=None):
-    model_args, data_args, training_args = args_lib.parse_args(argv)
+    """Runs train_and_evaluate on argv (default: the command line); user errors are one line."""
+    model_args, data_args, training_args = (
+        COMMAND_LINE if argv is None and COMMAND_LINE else args_lib.parse_args(argv))
     try:
         train_and_evaluate(model_args, data_args, training_args)
     except (ValueError, TrainingDiverged, OtherProcessFailed) as error:  # InputError too

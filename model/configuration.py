@@ -7,8 +7,6 @@ We reuse `transformers` configuration classes (they still exist in v5) so
 import json
 import os
 
-import transformers
-
 SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta")
 
 
@@ -26,6 +24,10 @@ def _config_file(path):
 
 def load_config(config_or_path):
     """A transformers config from a config object, a dict, a config.json or a directory."""
+    # Imported here: the command line (train.py --help) imports this module for
+    # SUPPORTED_MODEL_TYPES and should not wait a second for transformers.
+    import transformers  # pylint: disable=import-outside-toplevel
+
     if isinstance(config_or_path, transformers.PretrainedConfig):
         _check_model_type(config_or_path.model_type, "config")
         return config_or_path

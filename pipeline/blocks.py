@@ -36,13 +36,10 @@ import numpy as np
 import tensorflow as tf
 
 from pipeline import sharding
+from pipeline.config import BLOCK_BYTES, BLOCKS_MIXED  # noqa: F401  (also read as blocks.X)
 from pipeline.errors import InputError
 from pipeline.python_calls import CALLS
 
-# Chosen by measurement (README "Data", "Order of the lines"): order quality against reading
-# speed, memory, and the size of a saved iterator, which holds the blocks in flight.
-BLOCK_BYTES = 1 << 20
-BLOCKS_MIXED = 16
 # A line this long is refused: tokenizing one line costs about 100x its size in memory.
 MAX_LINE_BYTES = 8 << 20
 # Blocks shrink for small corpora so that every host gets a share, and a share several blocks.

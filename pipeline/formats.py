@@ -34,7 +34,6 @@ _EXTENSIONS = {
     ".tfrecords": "tfrecord",
 }
 _SHARD_SUFFIX = re.compile(r"-\d+-of-\d+$")  # name.tfrecord-00001-of-00010
-INVALID_UTF8 = ("error", "replace")  # what to do with lines that are not valid UTF-8
 _UNITS = {"csv": "row", "tfrecord": "record"}  # what error messages count; lines otherwise
 _VALID_UTF8 = r"[\x{0}-\x{D7FF}\x{E000}-\x{10FFFF}]*"  # any code point but a surrogate
 

@@ -6,21 +6,21 @@ are still accepted and named in one warning line. Where run_mlm_flax.py would
 crash on a missing value (max_seq_length, eval_steps) we pick a default.
 """
 
+import argparse
 import dataclasses
 import json
 import logging
 import os
 import sys
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Optional
 
-from transformers import HfArgumentParser
-
+# Light modules only (no TensorFlow, JAX or transformers): train.py reads its command line,
+# and answers --help, before those load.
 from model.configuration import SUPPORTED_MODEL_TYPES
-from pipeline.config import DataConfig
-from pipeline.formats import INVALID_UTF8
-from trainer.mesh import parse_mesh_shape
-from trainer.schedules import create_learning_rate_schedule
+from pipeline.config import INVALID_UTF8, DataConfig
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +47,9 @@ class ModelArguments:
         metadata={"help": "A Hugging Face checkpoint directory to start from; unset to train "
                           "from scratch."})
     model_type: Optional[str] = field(
-        default=None, metadata={"help": "From scratch: 'bert' or 'roberta'."})
+        default=None,
+        metadata={"help": "From scratch (no model_name_or_path): "
+                          f"{', '.join(SUPPORTED_MODEL_TYPES)}; default bert."})
     config_name: Optional[str] = field(
         default=None, metadata={"help": "A config.json (or its directory), if not the model's."})
     tokenizer_name: Optional[str] = field(
@@ -180,7 +182,8 @@ class TrainingArguments:
     do_eval: bool = field(default=False, metadata={"help": "Evaluate on the validation set."})
     per_device_train_batch_size: int = field(
         default=8, metadata={"help": "Examples per device per optimizer step (before "
-                                     "gradient accumulation multiplies it)."})
+                                     "gradient accumulation multiplies it); also read from "
+                                     "the older --train_batch_size."})
     per_device_eval_batch_size: int = field(default=8, metadata={"help": "Examples per device."})
     global_train_batch_size: Optional[int] = field(
         default=None,
@@ -270,6 +273,11 @@ class TrainingArguments:
         default=None, metadata={"help": "Multi-host: this process's index."})
 
     def __post_init__(self):
+        # Imported here, not at the top: both load JAX, which --help must not wait for.
+        from trainer.mesh import parse_mesh_shape  # pylint: disable=import-outside-toplevel
+        from trainer.schedules import (  # pylint: disable=import-outside-toplevel
+            create_learning_rate_schedule)
+
         self.output_dir = os.path.expanduser(self.output_dir)
         if self.eval_steps is None:
             self.eval_steps = self.logging_steps
@@ -307,11 +315,119 @@ class TrainingArguments:
 ARGUMENT_CLASSES = (ModelArguments, DataTrainingArguments, TrainingArguments)
 
 
-class _Parser(HfArgumentParser):
-    """HfArgumentParser whose errors are one line, not the 60-line usage text."""
+DESCRIPTION = """\
+Pretrain or fine-tune a BERT-style masked language model on streaming text.
+
+Two ways to run it:
+  python train.py --model_type bert --tokenizer_name DIR --train_file 'data/*.txt' \\
+      --output_dir runs/x --max_steps 10000
+  python train.py CONFIG.json [--flag VALUE ...]
+      the JSON file's values (argument names as keys), with any flags after it on top:
+      a flag given on the command line wins over the same key in the file.
+
+A rerun with the same --output_dir resumes from its latest checkpoint (changed arguments
+are listed, and those the checkpoint cannot follow are refused). A boolean flag alone
+means true: --do_train is --do_train true.
+"""
+
+# --help's sections, in order. A field not named in SECTION_FIELDS is in its class's section.
+CLASS_SECTIONS = {ModelArguments: "model", DataTrainingArguments: "data",
+                  TrainingArguments: "training"}
+SECTION_FIELDS = {
+    "masking": ("mlm_probability", "max_predictions_per_seq", "mask_replace_prob",
+                "random_replace_prob", "whole_word_masking", "chinese_word_segmentation"),
+    "evaluation and logging": ("do_eval", "per_device_eval_batch_size", "eval_steps",
+                               "max_eval_samples", "logging_steps", "profile_steps",
+                               "fill_mask_samples"),
+    "output and checkpoints": ("output_dir", "overwrite_output_dir", "save_steps",
+                               "save_total_limit", "compilation_cache_dir"),
+    "parallelism and multi-host": ("parallelism", "mesh_shape", "coordinator_address",
+                                   "num_processes", "process_id"),
+    "accepted for run_mlm_flax.py, without effect here": IGNORED_FIELDS,
+}
+SECTIONS = ("model", "data", "masking", "training", *list(SECTION_FIELDS)[1:])
+# Flags of older write-ups of run_mlm_flax.py, read as today's name with a one-line note.
+RENAMED_FLAGS = {"train_batch_size": "per_device_train_batch_size"}
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argparse parser whose errors are one line, not the 100-line usage text."""
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _section(cls, name):
+    return next((section for section, names in SECTION_FIELDS.items() if name in names),
+                CLASS_SECTIONS[cls])
+
+
+def _to_bool(text):
+    lowered = text.lower()
+    if lowered in ("true", "yes", "y", "1"):
+        return True
+    if lowered in ("false", "no", "n", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _value_type(annotation):
+    """The scalar type of a field annotated T or Optional[T]."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        (annotation,) = [t for t in typing.get_args(annotation) if t is not type(None)]
+    if annotation not in (bool, int, float, str):
+        raise TypeError(f"no command-line form for a field of type {annotation}")
+    return annotation
+
+
+def _help_text(f):
+    """The field's help plus its default, once (unless the help itself names the default)."""
+    text = f.metadata.get("help", "")
+    default = f.default
+    if default not in (dataclasses.MISSING, None) and default is not False and \
+            "default" not in text.lower():
+        shown = str(default).lower() if isinstance(default, bool) else default
+        text += f" (default: {shown!r})" if isinstance(shown, str) and " " in shown \
+            else f" (default: {shown})"
+    return text.replace("%", "%%")
+
+
+def build_parser(prog=None):
+    """The command line's parser, one flag per dataclass field, grouped into SECTIONS."""
+    # No abbreviations: a misspelt --max_seq_len must not silently mean --max_seq_length.
+    parser = _Parser(prog=prog, description=DESCRIPTION, allow_abbrev=False,
+                     usage="%(prog)s [CONFIG.json] [--flag VALUE ...]",
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    groups = {section: parser.add_argument_group(section) for section in SECTIONS}
+    for cls in ARGUMENT_CLASSES:
+        for f in dataclasses.fields(cls):
+            kind = _value_type(f.type)
+            options = {"help": _help_text(f)}
+            if f.default is dataclasses.MISSING:
+                options["required"] = True
+            else:
+                options["default"] = f.default
+            if kind is bool:
+                options.update(type=_to_bool, nargs="?", const=True, metavar="true|false")
+            else:
+                options.update(type=kind, metavar=kind.__name__.upper())
+            groups[_section(cls, f.name)].add_argument(f"--{f.name}", **options)
+    return parser
+
+
+def _canonical_flags(argv):
+    """--flag-name as --flag_name, and a RENAMED_FLAGS name as today's (with a note)."""
+    canonical = []
+    for arg in argv:
+        if arg.startswith("--"):
+            name, equals, value = arg[2:].partition("=")
+            name = name.replace("-", "_")
+            if name in RENAMED_FLAGS:
+                logger.warning("--%s is read as --%s", name, RENAMED_FLAGS[name])
+                name = RENAMED_FLAGS[name]
+            arg = f"--{name}{equals}{value}"
+        canonical.append(arg)
+    return canonical
 
 
 def _check_choice(name, value, choices):
@@ -341,7 +457,7 @@ def _json_to_flags(path, parser):
     if not isinstance(values, dict):
         parser.error(f"{path}: expected a JSON object of argument names and values")
     known = {f.name for cls in ARGUMENT_CLASSES for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
+    unknown = sorted(set(values) - known - set(RENAMED_FLAGS))
     if unknown:
         parser.error(f"{path}: unknown arguments: {', '.join(unknown)}")
     flags = []
@@ -355,17 +471,17 @@ def _json_to_flags(path, parser):
 
 
 def parse_args(argv=None):
-    """Parses flags, or a single .json file, into (model_args, data_args, training_args).
+    """Parses [CONFIG.json] [flags] into (model_args, data_args, training_args).
 
-    Any error (unknown flag, bad value, unreadable JSON) exits with a one-line
-    usage error that names it, as argparse does.
+    A .json file first gives its values as flags would; the flags after it
+    come later and so win. Any error (unknown flag, bad value, unreadable
+    JSON) exits with a one-line usage error that names it, as argparse does.
     """
     argv = sys.argv[1:] if argv is None else list(argv)
-    # No abbreviations: a misspelt --max_seq_len must not silently mean --max_seq_length.
-    parser = _Parser(ARGUMENT_CLASSES, allow_abbrev=False)
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        argv = _json_to_flags(argv[0], parser)
-    namespace, unknown = parser.parse_known_args(argv)
+    parser = build_parser()
+    if argv and argv[0].endswith(".json") and not argv[0].startswith("-"):
+        argv = _json_to_flags(argv[0], parser) + argv[1:]
+    namespace, unknown = parser.parse_known_args(_canonical_flags(argv))
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
