@@ -3,11 +3,17 @@
 import dataclasses
 import json
 import logging
+import os
+import re
+import subprocess
+import sys
 
 import pytest
 
 from pipeline.config import DataConfig
-from trainer.args import data_config, hparams, parse_args
+from trainer.args import ARGUMENT_CLASSES, SECTION_FIELDS, data_config, hparams, parse_args
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # A command from Hugging Face's run_mlm_flax.py documentation (with local files).
 RUN_MLM_FLAX_COMMAND = [
@@ -131,3 +137,72 @@ def test_hparams_are_flat_and_hide_tokens():
     flat = hparams(*parse_args(RUN_MLM_FLAX_COMMAND))
     assert flat["hub_token"] == "<hidden>" and flat["token"] is None
     assert flat["learning_rate"] == 3e-4 and flat["model_type"] == "roberta"
+
+
+def test_json_config_with_flags_on_top(tmp_path):
+    """The file's values, then the flags after it: a flag wins over the same key in the file."""
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"output_dir": "o", "max_steps": 100, "learning_rate": 1e-3,
+                                "do_train": True, "seed": 7}))
+    _, _, training_args = parse_args([str(path), "--max_steps", "5", "--do_train", "false"])
+    assert training_args.max_steps == 5 and not training_args.do_train  # the flags
+    assert training_args.learning_rate == 1e-3 and training_args.seed == 7  # the file
+    assert training_args.output_dir == "o"
+
+
+def test_dashed_spelling_and_the_seed_era_batch_flag(tmp_path, caplog):
+    with caplog.at_level(logging.WARNING):
+        _, _, training_args = parse_args(["--output-dir", "o", "--train_batch_size", "32",
+                                          "--max-steps=9"])
+    assert training_args.per_device_train_batch_size == 32 and training_args.max_steps == 9
+    notes = [r.getMessage() for r in caplog.records]
+    assert notes == ["--train_batch_size is read as --per_device_train_batch_size"]
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps({"output_dir": "o", "train_batch_size": 4}))
+    assert parse_args([str(path)])[2].per_device_train_batch_size == 4
+
+
+def help_text(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(["--help"])
+    assert exit_info.value.code == 0
+    return capsys.readouterr().out
+
+
+def test_help_is_grouped_with_one_spelling_and_one_default_per_flag(capsys):
+    text = help_text(capsys)
+    sections = [line[:-1] for line in text.splitlines() if line.endswith(":")
+                and not line.startswith(" ")]
+    assert sections[sections.index("options"):][:8] == ["options", "model", "data", "masking", "training",
+                            "evaluation and logging", "output and checkpoints",
+                            "parallelism and multi-host"], sections
+    flags = re.findall(r"^  (--\w+)", text, re.MULTILINE)
+    fields = {f.name for cls in ARGUMENT_CLASSES for f in dataclasses.fields(cls)}
+    assert sorted(flags) == sorted(f"--{name}" for name in fields)
+    assert not re.search(r"--\w+-\w", text)  # no dashed second spelling
+    for entry in re.split(r"\n  --", text):
+        assert entry.count("default") <= 1, entry
+    assert "(default: 128)" in text and "(default: 'constant * linear_warmup * linear_decay')" \
+        in " ".join(text.split())
+    assert "bert, roberta, xlm-roberta" in " ".join(text.split())
+    assert "python train.py CONFIG.json [--flag VALUE ...]" in text
+
+
+def test_sections_name_real_fields():
+    fields = {f.name for cls in ARGUMENT_CLASSES for f in dataclasses.fields(cls)}
+    for names in SECTION_FIELDS.values():
+        assert set(names) <= fields
+
+
+def test_help_loads_no_tensorflow_jax_or_transformers():
+    """`python train.py --help` (the real entry point) prints its help without the heavy imports.
+
+    Python's -X importtime lists every module imported, on stderr.
+    """
+    result = subprocess.run([sys.executable, "-X", "importtime", "train.py", "--help"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=60, check=True)
+    assert "--max_seq_length" in result.stdout
+    imported = {line.split("|")[-1].strip().split(".")[0]
+                for line in result.stderr.splitlines() if line.startswith("import time:")}
+    assert "trainer" in imported and "model" in imported  # the listing works
+    assert not imported & {"tensorflow", "jax", "transformers", "flax", "torch"}, imported
