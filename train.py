@@ -21,6 +21,7 @@ import functools  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 import os  # noqa: E402
+import types  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -255,7 +256,7 @@ def train_and_evaluate(model_args, data_args, training_args):
 
     train_data = (first_training_batch(make_train_data, data_config,
                                        train_batch * jax.local_device_count())
-                  if do_train else make_train_data())
+                  if do_train else None)  # an evaluation-only run reads no training data
     if do_eval:
         eval_batch = training_args.per_device_eval_batch_size
         num_eval_batches = int(per_process(lambda: inputs.count_eval_batches(
@@ -282,11 +283,16 @@ def train_and_evaluate(model_args, data_args, training_args):
         claim()
     ckpt = checkpoints.Checkpoints(output_dir, save_total_limit=training_args.save_total_limit)
     start_step = 0
+    earlier_args = run_dir.check_resumed_arguments(
+        output_dir, hparams, restoring=ckpt.latest_step is not None,
+        training=do_train) if resume else None
     if resume and ckpt.latest_step is not None:
         start_step = ckpt.latest_step
         # Laid out as the step's output: no second compile.
         state = feed.place_state(ckpt.restore(feed.restore_target(state), train_data, start_step))
         print(f"Resuming from the checkpoint of step {start_step} in {ckpt.directory}", flush=True)
+        if earlier_args and do_train and is_chief:
+            report_learning_rate_change(earlier_args, learning_rate_fn, start_step)
     if resume:
         claim()
     # From here on output_dir is ours: the compiled steps may be cached in it.
@@ -341,7 +347,7 @@ def train_and_evaluate(model_args, data_args, training_args):
     step = start_step
     window = []  # this logging window's per-step metrics, still on device
     in_flight = collections.deque()
-    device_batches = train_data.to_device(feed.place_batch)
+    device_batches = train_data.to_device(feed.place_batch) if do_train else None
     if do_train and start_step < total_steps:
         print(f"Training {total_steps - start_step} steps of {tokens_per_step} tokens on "
               f"{jax.device_count()} devices ({feed.description})", flush=True)
@@ -407,6 +413,24 @@ def train_and_evaluate(model_args, data_args, training_args):
             show_fill_mask(module, final_params, tokenizer, data_config,
                            training_args.fill_mask_samples)
     return eval_results
+
+
+def report_learning_rate_change(earlier_args, learning_rate_fn, step):
+    """Prints the learning rate's jump at the resumed step, if changed arguments cause one.
+
+    The resumed run follows the schedule of its own arguments: a changed
+    max_steps stretches it (with linear decay, a finished run given more
+    steps goes on at a higher rate than it ended with), which is what a user
+    extending a run wants, but must not be silent.
+    """
+    if earlier_args.get("max_steps", 0) <= 0:  # its length was counted from the data, not saved
+        return
+    earlier = schedules.schedule_from_args(types.SimpleNamespace(**earlier_args),
+                                           earlier_args["max_steps"])
+    before, after = float(earlier(step)), float(learning_rate_fn(step))
+    if not math.isclose(before, after, rel_tol=1e-6):
+        print(f"changed: the learning rate at step {step}: {before:.3g} -> {after:.3g} (the "
+              "schedule follows the changed arguments)", flush=True)
 
 
 def _checkpoint_text(ckpt):

@@ -536,3 +536,34 @@ def hparams(*arguments):
             secret = name == "token" or name.endswith("_token")
             flat[name] = "<hidden>" if secret and value is not None else value
     return flat
+
+
+# Arguments a resumed run must keep, because what its checkpoint holds follows them; each
+# with the reason. Batch sizes are checked against the checkpoint's input position itself
+# (which allows another number of devices with the same global batch), and the model's
+# shapes against its parameters (config_overrides may change dropout, not shapes).
+KEPT_ON_RESUME = {
+    "model_name_or_path": "the checkpoint holds the weights of the model it started from",
+    "model_type": "the checkpoint holds the weights of the model it started from",
+    "config_name": "the checkpoint holds the weights of the model it started from",
+    "tokenizer_name": "the checkpoint's embeddings and input position follow its tokenizer",
+    "optimizer": "the checkpoint holds its optimizer's state",
+}
+# Data settings that do not shape the training stream: a resumed run may change them.
+_NOT_TRAINING_STREAM = ("validation_file", "validation_ref_file", "max_eval_samples",
+                        "invalid_utf8")  # invalid_utf8 replace is the fix for a bad line
+
+
+def kept_on_resume(name, training: bool) -> Optional[str]:
+    """Why a resumed run cannot change argument `name`, or None when it may.
+
+    When training, the pipeline's settings (and the seed, which orders the data
+    and draws the masks) define the stream whose position the checkpoint holds.
+    """
+    if name in KEPT_ON_RESUME:
+        return KEPT_ON_RESUME[name]
+    stream = {f.name for f in dataclasses.fields(DataConfig)} - set(_NOT_TRAINING_STREAM)
+    if training and name in stream:
+        return "the checkpoint's input position is a position in the training stream these " \
+               "settings define"
+    return None

@@ -164,12 +164,13 @@ class Checkpoints:
         if wait:
             self.wait()
 
-    def restore(self, template, data: DataIterator, step: Optional[int] = None):
+    def restore(self, template, data: Optional[DataIterator], step: Optional[int] = None):
         """Returns the state of `step` (default: latest) shaped and placed like `template`.
 
         Template leaves are arrays (restored as numpy) or jax.ShapeDtypeStructs
         with shardings (restored as jax.Arrays, each device reading its shards):
-        a feed's `restore_target`. `data` is repositioned in place. A
+        a feed's `restore_target`. `data` is repositioned in place (None: an
+        evaluation-only run, which reads no training data). A
         checkpoint of another model (different parameter names or shapes) is a
         `CheckpointMismatchError` naming the first difference.
         """
@@ -178,10 +179,10 @@ class Checkpoints:
             lambda x: x if isinstance(x, jax.ShapeDtypeStruct) else np.asarray(x), template)
         stored = self._manager.item_metadata(step)["state"]
         _check_same_shapes(template, stored, self.directory / str(step))
-        restored = self._manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(template),
-            data=DataIteratorRestore(data)))
-        return restored["state"]
+        items = {"state": ocp.args.StandardRestore(template)}
+        if data is not None:
+            items["data"] = DataIteratorRestore(data)
+        return self._manager.restore(step, args=ocp.args.Composite(**items))["state"]
 
     def saving(self) -> bool:
         """Whether a save is still being written in the background."""

@@ -1,7 +1,9 @@
 """The run's output directory: whose it is, whether it can be written, and its layout.
 
-A directory is this trainer's when it holds RUN_MARKER. The checks run
-before anything is written, so a refused directory is left as it was.
+A directory is this trainer's when it holds RUN_MARKER, the arguments of its
+latest run; those of earlier runs with other arguments are kept beside it as
+run_args.1.json (the first), run_args.2.json, ... The checks run before
+anything is written, so a refused directory is left as it was.
 """
 
 import contextlib
@@ -15,9 +17,13 @@ import jax
 import orbax.checkpoint as ocp
 import tensorflow as tf
 
+from trainer import args as args_lib
+
 CHECKPOINT_DIR = "checkpoints"
 LOG_DIR = "logs"
 RUN_MARKER = "run_args.json"  # written first into every output_dir this trainer uses
+EARLIER_RUN_ARGS = "run_args.{}.json"  # the arguments of earlier runs, 1 the first
+NOT_COMPARED = ("output_dir",)  # a run directory may be moved or copied, and resumed there
 
 
 class OutputDirError(ValueError):
@@ -86,6 +92,7 @@ def claim_output_dir(output_dir, *, overwrite: bool, run_args: dict):
     files stay), so training starts from scratch. All processes wait for it.
     """
     path = epath.Path(output_dir)
+    marker, text = path / RUN_MARKER, json.dumps(run_args, indent=2, default=str) + "\n"
     ocp.multihost.sync_global_processes("claim_output_dir:start")
     if jax.process_index() == 0:
         try:
@@ -93,12 +100,73 @@ def claim_output_dir(output_dir, *, overwrite: bool, run_args: dict):
                 for name in (CHECKPOINT_DIR, LOG_DIR):
                     if (path / name).exists():
                         (path / name).rmtree()
+                for earlier in _earlier_run_args(path):
+                    earlier.unlink()
+            elif marker.exists() and marker.read_text() != text:  # keep the earlier arguments
+                earlier = path / EARLIER_RUN_ARGS.format(len(_earlier_run_args(path)) + 1)
+                earlier.write_text(marker.read_text())
             path.mkdir(parents=True, exist_ok=True)
-            (path / RUN_MARKER).write_text(json.dumps(run_args, indent=2, default=str) + "\n")
+            marker.write_text(text)
         except OSError as error:
             raise OutputDirError(f"output_dir {output_dir} is not writable: "
                                  f"{error.strerror or error}") from error
     ocp.multihost.sync_global_processes("claim_output_dir:done")
+
+
+def _earlier_run_args(path):
+    return list(path.glob(EARLIER_RUN_ARGS.format("*")))
+
+
+def saved_run_args(output_dir):
+    """The arguments of the latest run into output_dir (RUN_MARKER), or None if unreadable."""
+    try:
+        saved = json.loads((epath.Path(output_dir) / RUN_MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    return saved if isinstance(saved, dict) else None
+
+
+def changed_arguments(saved, run_args):
+    """[(name, earlier value, value)] for the arguments both runs name that differ."""
+    current = json.loads(json.dumps(run_args, default=str))  # compared as saved: JSON values
+    return [(name, saved[name], value) for name, value in current.items()
+            if name in saved and name not in NOT_COMPARED and saved[name] != value]
+
+
+def check_resumed_arguments(output_dir, run_args, *, restoring: bool, training: bool):
+    """Prints each argument changed since the last run, a line each; refuses what cannot change.
+
+    With a checkpoint to restore, a change it cannot follow (args_lib.kept_on_resume)
+    is an OutputDirError naming it and what to do. Reads only. Returns the
+    earlier run's arguments, or None when there are none to compare.
+    """
+    saved = saved_run_args(output_dir)
+    if saved is None:
+        return None
+    changes = changed_arguments(saved, run_args)
+    if jax.process_index() == 0:
+        for name, before, after in changes:
+            print(f"changed: --{name} {_shown(before)} -> {_shown(after)}", flush=True)
+    refused = [(name, before, after) for name, before, after in changes
+               if restoring and args_lib.kept_on_resume(name, training)]
+    if refused:
+        named = ", ".join(f"--{name} ({_shown(before)} -> {_shown(after)})"
+                          for name, before, after in refused)
+        raise OutputDirError(
+            f"cannot resume {output_dir} with {named} changed: "
+            f"{args_lib.kept_on_resume(refused[0][0], training)}; rerun with the earlier "
+            f"value, or use a new --output_dir (or --overwrite_output_dir to start over)")
+    return saved
+
+
+def _shown(value):
+    """An argument's value as a command line would spell it."""
+    if value is None:
+        return "(unset)"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return json.dumps(value) if isinstance(value, str) and (" " in value or not value) \
+        else str(value)
 
 
 @contextlib.contextmanager

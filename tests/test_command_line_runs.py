@@ -1,0 +1,120 @@
+"""What a user meets at the command line, run through `train.main` on 8 CPU devices.
+
+An evaluation-only run of a saved model, and reruns into a finished run's
+output_dir with changed arguments: each change is listed, the ones its
+checkpoint cannot follow are refused (one error line, the directory left as it
+was), and the earlier arguments are kept.
+"""
+
+import json
+import shutil
+
+import pytest
+
+import model
+import train
+from model import configuration
+from pipeline import inputs
+from test_bad_input import run_main, snapshot
+from train_runs import TINY_BERT, tiny_config, write_config
+
+RUN_FLAGS = dict(max_steps=2, save_steps=2, learning_rate=1e-3, shuffle_buffer_size=100)
+
+
+@pytest.fixture(scope="module")
+def valid_file(tmp_path_factory, corpus_file):
+    path = tmp_path_factory.mktemp("valid") / "valid.txt"
+    path.write_text("\n".join(corpus_file.read_text(encoding="utf-8").splitlines()[:40]) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, corpus_file, tokenizer_dir):
+    """(config file, output_dir) of a finished two-step run."""
+    out = tmp_path_factory.mktemp("finished") / "run"
+    config = write_config(out.parent / "config.json",
+                          tiny_config(corpus_file, tokenizer_dir, **RUN_FLAGS), out)
+    train.main([config])
+    assert (out / "checkpoints" / "2").is_dir()
+    return config, out
+
+
+def rerun(finished_run, tmp_path, *flags):
+    """A copy of the finished run, and the argv that reruns its config into it with `flags`."""
+    config, out = finished_run
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    return copy, [config, "--output_dir", str(copy), *flags]
+
+
+def test_evaluation_only_run_reads_no_training_data(tmp_path, tokenizer_dir, valid_file,
+                                                    capsys):
+    """--model_name_or_path RUN --validation_file F --do_eval: no train_file needed."""
+    saved = tmp_path / "saved_model"
+    config = configuration.load_config({"model_type": "bert"})
+    configuration.apply_overrides(config, TINY_BERT)
+    tokenizer = inputs.load_tokenizer(tokenizer_dir)
+    config.vocab_size = len(tokenizer)
+    module, params = model.from_config(config, seed=0)
+    model.save_pretrained(saved, module, params)
+    tokenizer.save_pretrained(saved)
+    out = tmp_path / "eval"
+    train.main(["--model_name_or_path", str(saved), "--validation_file", str(valid_file),
+                "--do_eval", "--output_dir", str(out), "--max_seq_length", "32",
+                "--max_predictions_per_seq", "6", "--per_device_eval_batch_size", "2"])
+    results = json.loads((out / "eval_results.json").read_text())
+    assert results["step"] == 0 and results["eval_predicted_tokens"] > 0
+    assert 0 < results["eval_loss"] < 20  # an untrained model: about ln(vocabulary size)
+    assert not (out / "model.safetensors").exists()  # nothing trained, nothing exported
+    assert "Evaluating at step 0" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_changed_arguments_are_listed_and_the_earlier_ones_kept(finished_run, tmp_path,
+                                                                 capsys):
+    """More steps at another learning rate: honoured, each change listed, history kept."""
+    out, argv = rerun(finished_run, tmp_path, "--max_steps", "3", "--learning_rate", "2e-3")
+    earlier = (out / "run_args.json").read_text()
+    capsys.readouterr()
+    train.main(argv)
+    console = capsys.readouterr().out
+    changed = [line for line in console.splitlines() if line.startswith("changed:")]
+    # Linear decay over 2 steps ends at 0; over 3 steps at 2e-3, step 2 is at 2e-3 / 3.
+    assert changed == ["changed: --learning_rate 0.001 -> 0.002",
+                       "changed: --max_steps 2 -> 3",
+                       "changed: the learning rate at step 2: 0 -> 0.000667 (the schedule "
+                       "follows the changed arguments)"]
+    assert (out / "checkpoints" / "3").is_dir()
+    assert (out / "run_args.1.json").read_text() == earlier
+    assert json.loads((out / "run_args.json").read_text())["max_steps"] == 3
+
+
+@pytest.mark.slow
+def test_changes_the_checkpoint_cannot_follow_are_refused(finished_run, tmp_path, corpus_file,
+                                                          tokenizer_dir, capsys, monkeypatch):
+    """Another training file, tokenizer or seed: one error line, and nothing written."""
+    other_text = tmp_path / "other.txt"
+    shutil.copy(corpus_file, other_text)
+    other_tokenizer = tmp_path / "tok"
+    shutil.copytree(tokenizer_dir, other_tokenizer)
+    out, argv = rerun(finished_run, tmp_path, "--train_file", str(other_text), "--seed", "3")
+    before = snapshot(out)
+    code, message = run_main(argv, capsys, monkeypatch)
+    assert (code, message) == (1, (
+        f"error: cannot resume {out} with --train_file ({corpus_file} -> {other_text}), --seed "
+        "(42 -> 3) changed: the checkpoint's input position is a position in the training "
+        "stream these settings define; rerun with the earlier value, or use a new --output_dir "
+        "(or --overwrite_output_dir to start over)"))
+    assert snapshot(out) == before
+    code, message = run_main(argv[:3] + ["--tokenizer_name", str(other_tokenizer)], capsys,
+                             monkeypatch)
+    assert code == 1 and message.startswith(f"error: cannot resume {out} with --tokenizer_name")
+    assert "the checkpoint's embeddings and input position follow its tokenizer" in message
+    assert snapshot(out) == before
+    # Evaluating the checkpoint reads no training stream: its settings may change.
+    _, eval_argv = rerun(finished_run, tmp_path / "eval", "--do_train", "false", "--do_eval",
+                         "--seed", "3", "--validation_file", str(other_text),
+                         "--max_eval_samples", "16")
+    train.main(eval_argv)
+    results = json.loads((tmp_path / "eval" / "run" / "eval_results.json").read_text())
+    assert results["step"] == 2
