@@ -206,3 +206,19 @@ def test_help_loads_no_tensorflow_jax_or_transformers():
                 for line in result.stderr.splitlines() if line.startswith("import time:")}
     assert "trainer" in imported and "model" in imported  # the listing works
     assert not imported & {"tensorflow", "jax", "transformers", "flax", "torch"}, imported
+
+
+# Command-line mistakes of this module, as docs/bad-input.md shows them (the program: train.py).
+BOOLEAN_VALUE = ("train.py: error: argument --do_train: expected true or false, got 'maybe' "
+                 "(see --help)")
+CONFIG_LATER = ("train.py: error: config.json: a JSON config file comes first: train.py "
+                "CONFIG.json [--flag VALUE ...] (see --help)")
+
+
+def test_command_line_mistakes_are_one_documented_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["train.py"])
+    assert error_of(["--output_dir", "o", "--do_train", "maybe"], capsys).strip() == BOOLEAN_VALUE
+    assert error_of(["--max_steps", "5", "config.json"], capsys).strip() == CONFIG_LATER
+    with open(os.path.join(ROOT, "docs", "bad-input.md"), encoding="utf-8") as f:
+        table = f.read()
+    assert f"`{BOOLEAN_VALUE}`" in table and f"`{CONFIG_LATER}`" in table

@@ -15,7 +15,7 @@ import model
 import train
 from model import configuration
 from pipeline import inputs
-from test_bad_input import run_main, snapshot
+from test_bad_input import DOC, run_main, snapshot
 from train_runs import TINY_BERT, tiny_config, write_config
 
 RUN_FLAGS = dict(max_steps=2, save_steps=2, learning_rate=1e-3, shuffle_buffer_size=100)
@@ -89,31 +89,45 @@ def test_changed_arguments_are_listed_and_the_earlier_ones_kept(finished_run, tm
     assert json.loads((out / "run_args.json").read_text())["max_steps"] == 3
 
 
+# The refusals, with generic paths as docs/bad-input.md shows them.
+CHANGED_DATA = ("error: cannot resume OUT with --train_file (DATA/text.txt -> DATA/other.txt), "
+                "--seed (42 -> 3) changed: the checkpoint's input position is a position in the "
+                "training stream these settings define; rerun with the earlier value, or use a "
+                "new --output_dir (or --overwrite_output_dir to start over)")
+CHANGED_TOKENIZER = ("error: cannot resume OUT with --tokenizer_name (TOK -> DATA/tokenizer) "
+                     "changed: the checkpoint's embeddings and input position follow its "
+                     "tokenizer; rerun with the earlier value, or use a new --output_dir (or "
+                     "--overwrite_output_dir to start over)")
+
+
 @pytest.mark.slow
 def test_changes_the_checkpoint_cannot_follow_are_refused(finished_run, tmp_path, corpus_file,
                                                           tokenizer_dir, capsys, monkeypatch):
-    """Another training file, tokenizer or seed: one error line, and nothing written."""
-    other_text = tmp_path / "other.txt"
-    shutil.copy(corpus_file, other_text)
-    other_tokenizer = tmp_path / "tok"
-    shutil.copytree(tokenizer_dir, other_tokenizer)
-    out, argv = rerun(finished_run, tmp_path, "--train_file", str(other_text), "--seed", "3")
+    """Another training file and seed, or tokenizer: one error line, and nothing written."""
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copy(corpus_file, data / "other.txt")
+    shutil.copytree(tokenizer_dir, data / "tokenizer")
+    out, argv = rerun(finished_run, tmp_path, "--train_file", str(data / "other.txt"))
     before = snapshot(out)
-    code, message = run_main(argv, capsys, monkeypatch)
-    assert (code, message) == (1, (
-        f"error: cannot resume {out} with --train_file ({corpus_file} -> {other_text}), --seed "
-        "(42 -> 3) changed: the checkpoint's input position is a position in the training "
-        "stream these settings define; rerun with the earlier value, or use a new --output_dir "
-        "(or --overwrite_output_dir to start over)"))
-    assert snapshot(out) == before
-    code, message = run_main(argv[:3] + ["--tokenizer_name", str(other_tokenizer)], capsys,
-                             monkeypatch)
-    assert code == 1 and message.startswith(f"error: cannot resume {out} with --tokenizer_name")
-    assert "the checkpoint's embeddings and input position follow its tokenizer" in message
-    assert snapshot(out) == before
+
+    def refusal(rerun_argv):
+        code, message = run_main(rerun_argv, capsys, monkeypatch)
+        assert code == 1
+        for path, name in ((out, "OUT"), (corpus_file, "DATA/text.txt"), (data, "DATA"),
+                           (tokenizer_dir, "TOK")):
+            message = message.replace(str(path), name)
+        assert snapshot(out) == before
+        return message
+
+    assert refusal(argv + ["--seed", "3"]) == CHANGED_DATA
+    assert refusal(argv[:3] + ["--tokenizer_name", str(data / "tokenizer")]) == CHANGED_TOKENIZER
+    with open(DOC, encoding="utf-8") as f:
+        table = f.read()
+    assert f"`{CHANGED_DATA}`" in table and f"`{CHANGED_TOKENIZER}`" in table
     # Evaluating the checkpoint reads no training stream: its settings may change.
     _, eval_argv = rerun(finished_run, tmp_path / "eval", "--do_train", "false", "--do_eval",
-                         "--seed", "3", "--validation_file", str(other_text),
+                         "--seed", "3", "--validation_file", str(data / "other.txt"),
                          "--max_eval_samples", "16")
     train.main(eval_argv)
     results = json.loads((tmp_path / "eval" / "run" / "eval_results.json").read_text())

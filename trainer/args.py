@@ -481,6 +481,12 @@ def parse_args(argv=None):
     parser = build_parser()
     if argv and argv[0].endswith(".json") and not argv[0].startswith("-"):
         argv = _json_to_flags(argv[0], parser) + argv[1:]
+    # A .json argument that is no flag's value: a config file given after flags.
+    later = [arg for before, arg in zip(argv, argv[1:])
+             if arg.endswith(".json") and not before.startswith("-")]
+    if later:
+        parser.error(f"{later[0]}: a JSON config file comes first: "
+                     f"{parser.prog} CONFIG.json [--flag VALUE ...]")
     namespace, unknown = parser.parse_known_args(_canonical_flags(argv))
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
