@@ -47,6 +47,7 @@ def rerun(finished_run, tmp_path, *flags):
     return copy, [config, "--output_dir", str(copy), *flags]
 
 
+@pytest.mark.slow
 def test_evaluation_only_run_reads_no_training_data(tmp_path, tokenizer_dir, valid_file,
                                                     capsys):
     """--model_name_or_path RUN --validation_file F --do_eval: no train_file needed."""
