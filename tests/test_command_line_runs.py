@@ -15,6 +15,7 @@ import model
 import train
 from model import configuration
 from pipeline import inputs
+from trainer import run_dir
 from test_bad_input import DOC, run_main, snapshot
 from train_runs import TINY_BERT, tiny_config, write_config
 
@@ -133,3 +134,19 @@ def test_changes_the_checkpoint_cannot_follow_are_refused(finished_run, tmp_path
     train.main(eval_argv)
     results = json.loads((tmp_path / "eval" / "run" / "eval_results.json").read_text())
     assert results["step"] == 2
+
+
+def test_the_earlier_arguments_are_kept_until_a_fresh_start(tmp_path):
+    out = tmp_path / "run"
+    first, second = {"learning_rate": 1e-3, "seed": 1}, {"learning_rate": 2e-3, "seed": 1}
+    for args in (first, first, second, second, first):  # a rerun with the same arguments adds none
+        run_dir.claim_output_dir(out, overwrite=False, run_args=args)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "run_args.1.json", "run_args.2.json", "run_args.json"]
+    assert [json.loads((out / name).read_text()) for name in
+            ("run_args.1.json", "run_args.2.json", "run_args.json")] == [first, second, first]
+    moved = run_dir.changed_arguments(dict(first, output_dir="here", dtype="float32"),
+                                      dict(second, output_dir="elsewhere", new_flag=1))
+    assert moved == [("learning_rate", 1e-3, 2e-3)]  # not output_dir, nor what one run lacks
+    run_dir.claim_output_dir(out, overwrite=True, run_args=second)
+    assert sorted(p.name for p in out.iterdir()) == ["run_args.json"]
