@@ -345,7 +345,8 @@ SECTION_FIELDS = {
                                    "num_processes", "process_id"),
     "accepted for run_mlm_flax.py, without effect here": IGNORED_FIELDS,
 }
-SECTIONS = ("model", "data", "masking", "training", *list(SECTION_FIELDS)[1:])
+SECTIONS = ("model", "data", "masking", "training",
+            *(section for section in SECTION_FIELDS if section != "masking"))
 # Flags of older write-ups of run_mlm_flax.py, read as today's name with a one-line note.
 RENAMED_FLAGS = {"train_batch_size": "per_device_train_batch_size"}
 
@@ -548,10 +549,11 @@ def hparams(*arguments):
 # with the reason. Batch sizes are checked against the checkpoint's input position itself
 # (which allows another number of devices with the same global batch), and the model's
 # shapes against its parameters (config_overrides may change dropout, not shapes).
+_ITS_MODEL = "the checkpoint holds the weights of the model it started from"
 KEPT_ON_RESUME = {
-    "model_name_or_path": "the checkpoint holds the weights of the model it started from",
-    "model_type": "the checkpoint holds the weights of the model it started from",
-    "config_name": "the checkpoint holds the weights of the model it started from",
+    "model_name_or_path": _ITS_MODEL,
+    "model_type": _ITS_MODEL,
+    "config_name": _ITS_MODEL,
     "tokenizer_name": "the checkpoint's embeddings and input position follow its tokenizer",
     "optimizer": "the checkpoint holds its optimizer's state",
 }
