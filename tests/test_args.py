@@ -173,9 +173,9 @@ def test_help_is_grouped_with_one_spelling_and_one_default_per_flag(capsys):
     text = help_text(capsys)
     sections = [line[:-1] for line in text.splitlines() if line.endswith(":")
                 and not line.startswith(" ")]
-    assert sections[sections.index("options"):][:8] == ["options", "model", "data", "masking", "training",
-                            "evaluation and logging", "output and checkpoints",
-                            "parallelism and multi-host"], sections
+    assert sections[sections.index("options"):][:8] == [
+        "options", "model", "data", "masking", "training", "evaluation and logging",
+        "output and checkpoints", "parallelism and multi-host"], sections
     flags = re.findall(r"^  (--\w+)", text, re.MULTILINE)
     fields = {f.name for cls in ARGUMENT_CLASSES for f in dataclasses.fields(cls)}
     assert sorted(flags) == sorted(f"--{name}" for name in fields)
