@@ -21,6 +21,11 @@ class DataConfig:
     dataset_config_name: Optional[str] = None
     train_ref_file: Optional[str] = None  # Chinese whole-word reference (run_chinese_ref.py)
     validation_ref_file: Optional[str] = None
+    # Several named sources instead of train_file/dataset_name (pipeline/mixture_spec.py).
+    train_mixture: Optional[str] = None  # "name=SPEC[:weight],..." or a JSON list of objects
+    validation_mixture: Optional[str] = None  # the same form: one validation set per source
+    mixture_temperature: Optional[float] = None  # unweighted sources drawn ~ size^(1/T)
+    mixture_sizes_from: str = "bytes"  # or "lines" (a counting pass)
     validation_split_percentage: int = 5  # held out of the training stream when no validation source
     text_column: str = "text"
     invalid_utf8: str = "error"  # "error": fail naming file and line; "replace": U+FFFD
