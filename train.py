@@ -225,9 +225,10 @@ def validation_data(data_config, tokenizer, train_weights, per_device_batch_size
     """
     prepared = []
     for part in mixture.validation_sets(data_config, train_weights):
-        num_batches = int(per_process(lambda: inputs.count_eval_batches(
-            part.config, tokenizer, per_device_batch_size=per_device_batch_size, **host)).max())
         try:
+            num_batches = int(per_process(lambda: inputs.count_eval_batches(
+                part.config, tokenizer, per_device_batch_size=per_device_batch_size,
+                **host)).max())
             check_validation_set(num_batches, part.config)
         except InputError as error:
             if part.name is None:

@@ -29,6 +29,7 @@ bench/pipeline.py --mixture_sources.
 """
 
 import collections
+import contextlib
 import dataclasses
 import json
 
@@ -75,17 +76,33 @@ def train_examples(config, sources, one_epoch, *, temperature=None, sizes_from="
     """
     configs = [mixture_spec.source_config(config, source) for source in sources]
     by_words = whole_words(config, sources)
-    streams = [one_epoch(c).map(_tokens_as_words) if by_words and not uses_whole_words(c)
-               else one_epoch(c) for c in configs]
+    streams = []
+    for source, source_config in zip(sources, configs):
+        with naming(source):
+            stream = one_epoch(source_config)
+        streams.append(stream.map(_tokens_as_words)
+                       if by_words and not uses_whole_words(source_config) else stream)
     weights = source_weights(configs, sources, temperature, sizes_from)
     names = [f"{source.name} ({source.data})" for source in sources]  # unquoted: see below
     return mix(streams, weights, names, seed=config.seed, process_index=process_index), weights
 
 
+@contextlib.contextmanager
+def naming(source):
+    """Prefixes an InputError raised while building `source`'s data with the source's name."""
+    try:
+        yield
+    except InputError as error:
+        raise InputError(f"train_mixture: source {source.name}: {error}") from error
+
+
 def source_weights(configs, sources, temperature=None, sizes_from="bytes"):
     """Each source's probability; sizes are read only for the sources without a weight."""
-    sizes = [mixture_sizes.source_size(c, sizes_from) if s.weight is None else None
-             for s, c in zip(sources, configs)]
+    sizes = []
+    for source, source_config in zip(sources, configs):
+        with naming(source):
+            sizes.append(None if source.weight is not None
+                         else mixture_sizes.source_size(source_config, sizes_from))
     return mixture_spec.weights(sources, sizes, temperature)
 
 
@@ -116,7 +133,8 @@ def with_resolved_weights(config):
     configs = [mixture_spec.source_config(base, source) for source in sources]
     for source, source_config in zip(sources, configs):
         if source.weight is None:
-            sources_lib.line_batches(source_config, "train")
+            with naming(source):
+                sources_lib.line_batches(source_config, "train")
     weights = source_weights(configs, sources, config.mixture_temperature,
                              config.mixture_sizes_from)
     resolved = [dataclasses.replace(s, weight=w) for s, w in zip(sources, weights)]
