@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import logging
+import os
 
 import pytest
 
@@ -188,3 +189,15 @@ def test_a_training_mixture_needs_max_steps(capsys):
     err = error_of(["--output_dir", "o", "--train_mixture", "a=x.txt"], capsys)
     assert "train_mixture needs max_steps: each source repeats on its own" in err
     assert parse_args(["--output_dir", "o", "--do_eval", "--train_mixture", "a=x.txt"])
+
+
+def test_the_example_mixture_config_parses_with_refs_on_the_chinese_side():
+    from pipeline.mixture_spec import parse_mixture
+
+    path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs",
+                        "mixture-en-zh.json")
+    _, data_args, training_args = parse_args([path])
+    en, zh = parse_mixture(data_args.train_mixture)
+    assert (en.name, zh.name) == ("en", "zh") and (en.weight, zh.weight) == (0.3, 0.7)
+    assert zh.train_ref_file and zh.validation_ref_file and not en.train_ref_file
+    assert data_args.whole_word_masking and training_args.max_steps > 0
