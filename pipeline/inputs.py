@@ -99,7 +99,7 @@ def _widths(config):
 
 
 def _finish(ds, config, host_batch):
-    """Host batches of static shape [host_batch, width] (a mixture's tags [host_batch]), prefetched."""
+    """Host batches of static shape [host_batch, width] (mixture tags: [host_batch]), prefetched."""
     widths = _widths(config)
 
     def static_shapes(batch):

@@ -16,7 +16,8 @@ import pytest
 from trainer import checkpoints, run_dir
 
 from test_monitoring import read_scalars  # TensorBoard's own event reader
-from train_runs import finish, read_until, run, start, tiny_config, write_config
+from train_runs import (finish, read_until, run, run_to_end, shared_compilation_cache, start,
+                        tiny_config, write_config)
 
 STEPS = 24
 NAMES = ("big", "mid", "small")
@@ -46,12 +47,8 @@ def mixture_config(tmp_path_factory, corpus_file, tokenizer_dir):
 
 @pytest.fixture(scope="module", autouse=True)
 def compilation_cache(tmp_path_factory):
-    """Runs after the first reuse its compiled steps: the reruns test resuming, not XLA."""
-    os.environ["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path_factory.mktemp("jax_cache"))
-    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
-    yield
-    for name in ("JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"):
-        del os.environ[name]
+    with shared_compilation_cache(tmp_path_factory.mktemp("jax_cache")):
+        yield
 
 
 def scalars(output_dir):
@@ -60,10 +57,7 @@ def scalars(output_dir):
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory, mixture_config):
-    out = tmp_path_factory.mktemp("mixture_uninterrupted")
-    code, console = run(write_config(out / "config.json", mixture_config, out / "run"))
-    assert code == 0, console[-4000:]
-    return out / "run", console
+    return run_to_end(tmp_path_factory.mktemp("mixture_uninterrupted"), mixture_config)
 
 
 @pytest.mark.slow
