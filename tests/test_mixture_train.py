@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from trainer import checkpoints, run_dir
+from trainer import checkpoints, mixtures, run_dir
 
 from test_monitoring import read_scalars  # TensorBoard's own event reader
 from train_runs import (finish, read_until, run, run_to_end, shared_compilation_cache, start,
@@ -114,3 +114,26 @@ def test_killed_mixture_run_resumes_with_the_same_losses_and_source_positions(
     for name in ("train/loss", "eval/loss", *(f"eval/{n}/loss" for n in NAMES),
                  *(f"train/{n}/epoch" for n in NAMES)):
         assert got[name] == expected[name], name
+
+
+def test_the_feed_gets_no_tags_and_each_source_epoch_is_followed(capsys):
+    epochs = mixtures.SourceEpochs(["a", "b"])
+    batch = {"input_ids": np.zeros((4, 8), np.int32), "source": np.array([0, 1, 1, 0]),
+             "epoch": np.array([0, 2, 3, 0])}
+    placed, tags = epochs.place(batch, place_batch=lambda features: sorted(features))
+    assert placed == ["input_ids"] and sorted(tags) == ["epoch", "source"]
+    epochs.observe(tags, step=1)  # the first batch seen: no announcement
+    epochs.observe({"source": np.array([1, 1]), "epoch": np.array([3, 4])}, step=2)
+    assert epochs.scalars() == {"a/epoch": 0.0, "b/epoch": 4.0}
+    assert capsys.readouterr().out == "step 2: source b begins epoch 4 (of this host's share)\n"
+    epochs.observe({}, step=3)  # a run without a mixture has no tags
+    assert mixtures.SourceEpochs([]).place({"x": 1}, place_batch=dict) == ({"x": 1}, {})
+
+
+def test_the_eval_total_weighs_each_source_result():
+    per_source = {"a": {"loss": 2.0, "accuracy": 0.5, "perplexity": 7.4, "predicted_tokens": 10},
+                  "b": {"loss": 4.0, "accuracy": 0.1, "perplexity": 54.6, "predicted_tokens": 90}}
+    total = mixtures.weighted_total(per_source, {"a": 0.75, "b": 0.25})
+    assert total["loss"] == 2.5 and total["accuracy"] == pytest.approx(0.4)
+    assert total["perplexity"] == pytest.approx(np.exp(2.5))
+    assert total["predicted_tokens"] == 100 and total["b/loss"] == 4.0
