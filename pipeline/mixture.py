@@ -23,6 +23,10 @@ The iterator state is checkpointable: a draw is a function of its position,
 and tf.data saves each source's position (its reader, shuffle buffers,
 packing carry and epoch count) and where the mixed stream stands.
 
+The trainer fixes the weights once per run (`with_resolved_weights`: sizes
+are read once, the run records the weights) and evaluates each validation
+source on its own (`validation_sets`).
+
 Speed: choosing per example costs about 2.6 µs of CPU per example here (an
 unbatch, the choice and the batch), 3% of one core at 12k examples/s; see
 bench/pipeline.py --mixture_sources.
