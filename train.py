@@ -31,10 +31,10 @@ from jax.experimental import multihost_utils  # noqa: E402
 
 import model  # noqa: E402
 from model import configuration  # noqa: E402
-from pipeline import errors, inputs, sources  # noqa: E402
+from pipeline import errors, inputs, mixture, sources  # noqa: E402
 from pipeline.errors import InputError  # noqa: E402
 from trainer import checkpoints, compilation_cache, feed as feed_lib  # noqa: E402
-from trainer import monitoring, optimizers, run_dir, schedules, stopping  # noqa: E402
+from trainer import mixtures, monitoring, optimizers, run_dir, schedules, stopping  # noqa: E402
 from trainer import step as step_lib  # noqa: E402
 
 
@@ -160,10 +160,15 @@ def first_training_batch(make_train_data, data_config, host_batch):
 
     if per_process(missing).max():
         raise InputError(
-            f"{data_config.train_file or data_config.dataset_name}: not enough training text "
+            f"{training_data_name(data_config)}: not enough training text "
             f"for one batch of {host_batch} sequences of {data_config.max_seq_length} tokens "
             "(the data is empty, only blank lines, or all held out for validation)")
     return made[0]
+
+
+def training_data_name(data_config):
+    """What the training data is, for messages."""
+    return data_config.train_file or data_config.dataset_name or "train_mixture"
 
 
 def check_validation_set(num_batches, data_config):
@@ -219,6 +224,48 @@ def evaluate(p_eval_step, params, eval_data, num_batches, vocab_size, monitor, s
     return results, float(label_counts.max() / max(label_counts.sum(), 1))
 
 
+def validation_data(data_config, tokenizer, train_weights, per_device_batch_size, host):
+    """[(validation set, its batch count, its batches)]: one per source of a mixture, else one.
+
+    Each set has the same number of batches on every host (the most any host
+    needs; the others pad with weight-0 batches), so every example counts once.
+    """
+    prepared = []
+    for part in mixture.validation_sets(data_config, train_weights):
+        try:
+            num_batches = int(per_process(lambda: inputs.count_eval_batches(
+                part.config, tokenizer, per_device_batch_size=per_device_batch_size,
+                **host)).max())
+            check_validation_set(num_batches, part.config)
+        except InputError as error:
+            if part.name is None:
+                raise
+            raise InputError(f"validation source {part.name}: {error}") from error
+        prepared.append((part, num_batches, inputs.eval_dataset(
+            part.config, tokenizer, per_device_batch_size=per_device_batch_size,
+            num_batches=num_batches, **host)))
+    return prepared
+
+
+def evaluate_sets(p_eval_step, params, eval_sets, vocab_size, monitor, stop, feed):
+    """evaluate() over each validation set; a mixture's results per source and weighted.
+
+    Returns (None, None) when a stop request cut an evaluation short.
+    """
+    per_source, baselines = {}, {}
+    for part, num_batches, eval_data in eval_sets:
+        results, baseline = evaluate(p_eval_step, params, eval_data, num_batches, vocab_size,
+                                     monitor, stop, feed)
+        if results is None:
+            return None, None
+        if part.name is None:
+            return results, baseline
+        per_source[part.name], baselines[part.name] = results, baseline
+    weights = {part.name: part.weight for part, _, _ in eval_sets}
+    return (mixtures.weighted_total(per_source, weights),
+            sum(weights[name] * baseline for name, baseline in baselines.items()))
+
+
 def train_and_evaluate(model_args, data_args, training_args):
     """Trains (resuming from output_dir), evaluates, checkpoints, exports; returns eval results."""
     tf.config.set_visible_devices([], "GPU")  # tf.data feeds the host; the accelerators are JAX's
@@ -243,6 +290,10 @@ def train_and_evaluate(model_args, data_args, training_args):
 
     # Data.
     data_config = args_lib.data_config(data_args, training_args)
+    train_weights = None
+    if data_config.train_mixture:  # sizes read once; the run records the weights
+        data_config, train_weights = mixture.with_resolved_weights(data_config)
+        hparams["mixture_weights"] = train_weights
     accumulation = training_args.gradient_accumulation_steps
     train_batch = args_lib.per_device_train_batch(training_args, jax.device_count()) * accumulation
     host = dict(local_device_count=jax.local_device_count(),
@@ -258,12 +309,9 @@ def train_and_evaluate(model_args, data_args, training_args):
                                        train_batch * jax.local_device_count())
                   if do_train else None)  # an evaluation-only run reads no training data
     if do_eval:
-        eval_batch = training_args.per_device_eval_batch_size
-        num_eval_batches = int(per_process(lambda: inputs.count_eval_batches(
-            data_config, tokenizer, per_device_batch_size=eval_batch, **host)).max())
-        check_validation_set(num_eval_batches, data_config)
-        eval_data = inputs.eval_dataset(data_config, tokenizer, per_device_batch_size=eval_batch,
-                                        num_batches=num_eval_batches, **host)
+        eval_sets = validation_data(data_config, tokenizer, train_weights,
+                                    training_args.per_device_eval_batch_size, host)
+        num_eval_batches = sum(num_batches for _, num_batches, _ in eval_sets)
 
     # Optimizer, state, and the steps (pmapped, or jitted over the mesh).
     learning_rate_fn = schedules.schedule_from_args(training_args, max(total_steps, 1))
@@ -316,9 +364,8 @@ def train_and_evaluate(model_args, data_args, training_args):
         if is_chief:
             print(f"Evaluating at step {at_step} ({num_eval_batches} batches)", flush=True)
         with monitor.timed("eval"):
-            results, baseline = evaluate(p_eval_step, state.params, eval_data,
-                                         num_eval_batches, module.config.vocab_size, monitor,
-                                         stop, feed)
+            results, baseline = evaluate_sets(p_eval_step, state.params, eval_sets,
+                                              module.config.vocab_size, monitor, stop, feed)
         if results is None:
             return False
         eval_results = results
@@ -327,6 +374,12 @@ def train_and_evaluate(model_args, data_args, training_args):
             print(f"eval at step {at_step}: loss {eval_results['loss']:.4f}, accuracy "
                   f"{eval_results['accuracy']:.4f} (most frequent token: {baseline:.4f}), "
                   f"perplexity {eval_results['perplexity']:.2f}", flush=True)
+            for part, _, _ in eval_sets:
+                if part.name is None:
+                    break
+                print(f"  source {part.name} (weight {part.weight:.3f}): loss "
+                      f"{eval_results[part.name + '/loss']:.4f}, accuracy "
+                      f"{eval_results[part.name + '/accuracy']:.4f}", flush=True)
         return True
 
     def log_window(window, at_step):
@@ -334,6 +387,7 @@ def train_and_evaluate(model_args, data_args, training_args):
         if not window:
             return window
         summary, losses = summarize(window, feed.to_host)
+        summary.update(source_epochs.scalars())
         bad = [i for i, loss in enumerate(losses) if not math.isfinite(loss)]
         if bad and not training_args.skip_nonfinite_updates:
             raise TrainingDiverged(
@@ -347,19 +401,23 @@ def train_and_evaluate(model_args, data_args, training_args):
     step = start_step
     window = []  # this logging window's per-step metrics, still on device
     in_flight = collections.deque()
-    device_batches = train_data.to_device(feed.place_batch) if do_train else None
+    source_epochs = mixtures.SourceEpochs(train_weights or (), announce=is_chief)
+    device_batches = train_data.to_device(
+        functools.partial(source_epochs.place, place_batch=feed.place_batch)) if do_train else None
     if do_train and start_step < total_steps:
         print(f"Training {total_steps - start_step} steps of {tokens_per_step} tokens on "
               f"{jax.device_count()} devices ({feed.description})", flush=True)
     try:
         while do_train and step < total_steps:
+            batch, tags = next(device_batches)
             with jax.profiler.StepTraceAnnotation("train", step_num=step):
-                state, metrics = p_train_step(state, next(device_batches))
+                state, metrics = p_train_step(state, batch)
             window.append(metrics)
             in_flight.append(metrics)
             if len(in_flight) > MAX_STEPS_IN_FLIGHT:
                 jax.block_until_ready(in_flight.popleft())
             step += 1
+            source_epochs.observe(tags, step)
             monitor.step_done(step)
             stop_now = stop.requested(step)
             saving = step % training_args.save_steps == 0 or step == total_steps or stop_now
@@ -391,9 +449,13 @@ def train_and_evaluate(model_args, data_args, training_args):
 
     # The end: export.
     if do_eval:
-        eval_results = {f"eval_{k}": v for k, v in eval_results.items()}
+        # A source's results keep their TensorBoard names: eval/<source>/loss.
+        eval_results = {f"eval/{k}" if "/" in k else f"eval_{k}": v
+                        for k, v in eval_results.items()}
         eval_results.update(perplexity=eval_results.pop("eval_perplexity"), step=step,
                             most_frequent_token_accuracy=baseline)
+        if eval_sets[0][0].name is not None:
+            eval_results["eval_weights"] = {part.name: part.weight for part, _, _ in eval_sets}
     final_params = feed.to_host(state.params)
     if jax.process_count() > 1:  # every host's replica should match the one process 0 exports
         print(f"process {jax.process_index()}: final parameters fingerprint "
@@ -410,7 +472,8 @@ def train_and_evaluate(model_args, data_args, training_args):
             print(f"Exported the model and tokenizer (Hugging Face format) to {output_dir}")
         print(f"TensorBoard logs: {logdir}\n  open them with: tensorboard --logdir {logdir}")
         if training_args.fill_mask_samples:
-            show_fill_mask(module, final_params, tokenizer, data_config,
+            show_fill_mask(module, final_params, tokenizer,
+                           mixture.validation_sets(data_config, train_weights)[0].config,
                            training_args.fill_mask_samples)
     return eval_results
 

@@ -30,6 +30,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
+import dataclasses  # noqa: E402
 import functools  # noqa: E402
 import itertools  # noqa: E402
 import json  # noqa: E402
@@ -41,7 +42,7 @@ import time  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from pipeline import config as config_lib  # noqa: E402
-from pipeline import corpus, inputs, masking, mixture, mixture_spec, sources  # noqa: E402
+from pipeline import corpus, inputs  # noqa: E402
 from pipeline import tokenize, vocab  # noqa: E402
 
 GOAL_RATIO = 0.9
@@ -76,20 +77,6 @@ def _deal_lines(path, count, directory):
             for index, line in enumerate(f):
                 outs[index % count].write(line)
     return parts
-
-
-def _mixture_dataset(config, tokenizer, files, batch_size):
-    """train_dataset's stages with the one source replaced by a mixture of `files`."""
-    vocabulary = tokenize.vocabulary(tokenizer)
-    spec = mixture_spec.parse_mixture(",".join(f"s{k}={f}" for k, f in enumerate(files)))
-    one_epoch = functools.partial(
-        inputs._examples, tokenizer=tokenizer, vocab=vocabulary, split="train",
-        process_index=0, process_count=1, shuffle=True, num_epochs=1, keep_remainder=False)
-    examples, _ = mixture.train_examples(config, spec, one_epoch)
-    masker = masking.masker(vocabulary, config, whole_words=mixture.whole_words(config, spec))
-    ds = examples.rebatch(batch_size, drop_remainder=True).enumerate()
-    return sources.checkpointable(ds.map(masker, num_parallel_calls=tf.data.AUTOTUNE).prefetch(
-        tf.data.AUTOTUNE))
 
 
 def _pipeline_rate(dataset, seconds):
@@ -187,8 +174,11 @@ def main(argv=None):
                   "single_source_cpu_ratio": round(limit_cpu / cpu, 3)}
         if args.mixture_sources:
             files = _deal_lines(pathlib.Path(train_file), args.mixture_sources, tmp)
+            mixed = dataclasses.replace(config, train_file=None, train_mixture=",".join(
+                f"s{k}={f}" for k, f in enumerate(files)))
             rate, cpu, first = _pipeline_rate(functools.partial(
-                _mixture_dataset, config, tokenizer, files, args.batch_size), args.seconds)
+                inputs.train_dataset, mixed, tokenizer, per_device_batch_size=args.batch_size,
+                local_device_count=1), args.seconds)
         result = {
             "bench": "pipeline",
             "tokens_per_sec": round(rate),

@@ -12,6 +12,7 @@ from typing import Optional
 BLOCK_BYTES = 1 << 20
 BLOCKS_MIXED = 16
 INVALID_UTF8 = ("error", "replace")  # what to do with lines that are not valid UTF-8
+SIZES_FROM = ("bytes", "lines")  # where a mixture's sizes (for weights by size) come from
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,6 +26,11 @@ class DataConfig:
     dataset_config_name: Optional[str] = None
     train_ref_file: Optional[str] = None  # Chinese whole-word reference (run_chinese_ref.py)
     validation_ref_file: Optional[str] = None
+    # Several named sources instead of train_file/dataset_name (pipeline/mixture_spec.py).
+    train_mixture: Optional[str] = None  # "name=SPEC[:weight],..." or a JSON list of objects
+    validation_mixture: Optional[str] = None  # the same form: one validation set per source
+    mixture_temperature: Optional[float] = None  # unweighted sources drawn ~ size^(1/T)
+    mixture_sizes_from: str = "bytes"  # or "lines" (a counting pass)
     validation_split_percentage: int = 5  # held out of the training stream when no validation source
     text_column: str = "text"
     invalid_utf8: str = "error"  # "error": fail naming file and line; "replace": U+FFFD

@@ -17,13 +17,14 @@ the tokenizer call is a pure `numpy_function`, so the external-state policy
 is IGNORE, and all randomness is stateless.
 """
 
+import functools
 import os
 
 import huggingface_hub
 import tensorflow as tf
 import transformers
 
-from pipeline import masking, pack, sources, tokenize
+from pipeline import masking, mixture, pack, sources, tokenize
 from pipeline.errors import InputError
 
 _FEATURES = ("input_ids", "attention_mask", "token_type_ids", "labels", "masked_positions",
@@ -98,12 +99,15 @@ def _widths(config):
 
 
 def _finish(ds, config, host_batch):
-    """Host batches of static shape [host_batch, width], prefetched."""
+    """Host batches of static shape [host_batch, width] (mixture tags: [host_batch]), prefetched."""
     widths = _widths(config)
 
     def static_shapes(batch):
-        return {key: tf.ensure_shape(batch[key], [host_batch, widths[key]])
-                for key in _FEATURES}
+        shaped = {key: tf.ensure_shape(batch[key], [host_batch, widths[key]])
+                  for key in _FEATURES}
+        shaped.update({key: tf.ensure_shape(batch[key], [host_batch])
+                       for key in mixture.TAGS if key in batch})
+        return shaped
 
     options = tf.data.Options()
     options.deterministic = True
@@ -113,16 +117,41 @@ def _finish(ds, config, host_batch):
 
 def train_dataset(config, tokenizer, *, per_device_batch_size, local_device_count,
                   process_index=0, process_count=1, num_epochs=None):
-    """This host's training batches; infinite when num_epochs is None, fresh masks per epoch."""
+    """This host's training batches; infinite when num_epochs is None, fresh masks per epoch.
+
+    With a train_mixture (infinite: each source repeats on its own), every
+    batch also holds each example's `source` and `epoch` (mixture.TAGS).
+    """
     vocab = tokenize.vocabulary(tokenizer)
-    examples = _examples(config, tokenizer, vocab, "train", process_index=process_index,
-                         process_count=process_count, shuffle=True, num_epochs=num_epochs,
-                         keep_remainder=False)
+    read = dict(tokenizer=tokenizer, vocab=vocab, split="train", process_index=process_index,
+                process_count=process_count, shuffle=True, keep_remainder=False)
+    if config.train_mixture:
+        if num_epochs is not None:
+            raise ValueError("a train_mixture has no epochs of its own: each source repeats "
+                             "on its own; set max_steps")
+        base, parts = mixture.training_sources(config)
+        examples, _ = mixture.train_examples(
+            base, parts, functools.partial(_examples, num_epochs=1, **read),
+            temperature=config.mixture_temperature, sizes_from=config.mixture_sizes_from,
+            process_index=process_index)
+        mask = _keeping_tags(masking.masker(vocab, config, process_index=process_index,
+                                            whole_words=mixture.whole_words(config, parts)))
+    else:
+        examples = _examples(config, num_epochs=num_epochs, **read)
+        mask = _masker(config, vocab, "train", process_index)
     host_batch = per_device_batch_size * local_device_count
     ds = examples.rebatch(host_batch, drop_remainder=True).enumerate()
-    ds = ds.map(_masker(config, vocab, "train", process_index),
-                num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.map(mask, num_parallel_calls=tf.data.AUTOTUNE)
     return _finish(ds, config, host_batch)
+
+
+def _keeping_tags(mask):
+    """mask(index, batch) that also passes on the batch's mixture tags."""
+
+    def masked(index, batch):
+        return {**mask(index, batch), **{key: batch[key] for key in mixture.TAGS}}
+
+    return masked
 
 
 def _host_cap(max_eval_samples, process_index, process_count):

@@ -23,19 +23,35 @@ The iterator state is checkpointable: a draw is a function of its position,
 and tf.data saves each source's position (its reader, shuffle buffers,
 packing carry and epoch count) and where the mixed stream stands.
 
+The trainer fixes the weights once per run (`with_resolved_weights`: sizes
+are read once, the run records the weights) and evaluates each validation
+source on its own (`validation_sets`).
+
 Speed: choosing per example costs about 2.6 µs of CPU per example here (an
 unbatch, the choice and the batch), 3% of one core at 12k examples/s; see
 bench/pipeline.py --mixture_sources.
 """
 
+import collections
+import contextlib
+import dataclasses
+import json
+
 import numpy as np
 import tensorflow as tf
 
 from pipeline import mixture_sizes, mixture_spec
+from pipeline import sources as sources_lib
+from pipeline.errors import InputError
 
 _DRAW_BLOCK = 1024  # sources drawn at once; part of the definition of the mixed stream
 _MIX_SALT = 0x6D697821  # keeps the draws' seeds apart from the masks' (seed, host, batch)
 _OUT_BATCH = 256  # examples per element of the mixed stream (the caller rebatches)
+TAGS = ("source", "epoch")  # what the mixed stream adds to each example; not model inputs
+
+# One validation set: a source's name (None for a run without mixtures), its data, and its
+# weight in the total.
+ValidationSet = collections.namedtuple("ValidationSet", "name config weight")
 
 
 def uses_whole_words(config):
@@ -64,13 +80,120 @@ def train_examples(config, sources, one_epoch, *, temperature=None, sizes_from="
     """
     configs = [mixture_spec.source_config(config, source) for source in sources]
     by_words = whole_words(config, sources)
-    streams = [one_epoch(c).map(_tokens_as_words) if by_words and not uses_whole_words(c)
-               else one_epoch(c) for c in configs]
-    sizes = [mixture_sizes.source_size(c, sizes_from) if s.weight is None else None
-             for s, c in zip(sources, configs)]
-    weights = mixture_spec.weights(sources, sizes, temperature)
+    streams = []
+    for source, source_config in zip(sources, configs):
+        with naming(source):
+            stream = one_epoch(source_config)
+        streams.append(stream.map(_tokens_as_words)
+                       if by_words and not uses_whole_words(source_config) else stream)
+    weights = source_weights(configs, sources, temperature, sizes_from)
     names = [f"{source.name} ({source.data})" for source in sources]  # unquoted: see below
     return mix(streams, weights, names, seed=config.seed, process_index=process_index), weights
+
+
+@contextlib.contextmanager
+def naming(source):
+    """Prefixes an InputError raised while building `source`'s data with the source's name."""
+    try:
+        yield
+    except InputError as error:
+        raise InputError(f"train_mixture: source {source.name}: {error}") from error
+
+
+def source_weights(configs, sources, temperature=None, sizes_from="bytes"):
+    """Each source's probability; sizes are read only for the sources without a weight."""
+    sizes = []
+    for source, source_config in zip(sources, configs):
+        with naming(source):
+            sizes.append(None if source.weight is not None
+                         else mixture_sizes.source_size(source_config, sizes_from))
+    return mixture_spec.weights(sources, sizes, temperature)
+
+
+def training_sources(config):
+    """(the run config each training source's config derives from, the sources as given).
+
+    With a validation_mixture nothing is held out of the training sources (as
+    with a validation_file for one source), unless a source names its own
+    validation_file, which then replaces the held-out part anyway.
+    """
+    sources = mixture_spec.parse_mixture(config.train_mixture,
+                                         temperature=config.mixture_temperature)
+    if config.validation_mixture:
+        config = dataclasses.replace(config, validation_split_percentage=0)
+    return config, sources
+
+
+def with_resolved_weights(config):
+    """(config whose train_mixture has every weight fixed, {name: weight}), sizes read once.
+
+    Weights by size read each unweighted source's size (a counting pass with
+    mixture_sizes_from lines) here, once per run: every later build of the
+    training data, the evaluation's total and the run's recorded arguments
+    then use the same numbers. Each unweighted source's data is opened first,
+    so a missing file or text column fails with the pipeline's own message.
+    """
+    base, sources = training_sources(config)
+    configs = [mixture_spec.source_config(base, source) for source in sources]
+    for source, source_config in zip(sources, configs):
+        if source.weight is None:
+            with naming(source):
+                sources_lib.line_batches(source_config, "train")
+    weights = source_weights(configs, sources, config.mixture_temperature,
+                             config.mixture_sizes_from)
+    resolved = [dataclasses.replace(s, weight=w) for s, w in zip(sources, weights)]
+    spec = json.dumps([{k: v for k, v in dataclasses.asdict(s).items() if v is not None}
+                       for s in resolved])
+    return (dataclasses.replace(config, train_mixture=spec, mixture_temperature=None),
+            {s.name: s.weight for s in resolved})
+
+
+def validation_sets(config, train_weights=None):
+    """The run's validation sets: one per source of a mixture, or the one of a single source.
+
+    `train_weights` ({name: weight}, from with_resolved_weights) weighs the
+    sources in the total. With a validation_mixture, each of its sources reads
+    its SPEC as validation data (a dataset: its validation split, or the part
+    held out of its train split); its weight is its own, else the training
+    source's of the same name, else all weigh the same. Without one, each
+    training source is evaluated on its own validation_file or on the lines
+    held out of it (validation_split_percentage).
+    """
+    if config.validation_mixture:
+        sources = mixture_spec.parse_validation_mixture(config.validation_mixture)
+        weights = _validation_weights(sources, train_weights)
+        return [ValidationSet(s.name, _validation_config(config, s), w)
+                for s, w in zip(sources, weights)]
+    if config.train_mixture:
+        base, sources = training_sources(config)
+        return [ValidationSet(s.name, mixture_spec.source_config(base, s), train_weights[s.name])
+                for s in sources]
+    return [ValidationSet(None, config, 1.0)]
+
+
+def _validation_config(config, source):
+    """The DataConfig whose validation split is `source`'s data."""
+    read = mixture_spec.source_config(config, source)
+    if not source.train_file:
+        return read
+    return dataclasses.replace(read, train_file=None, train_ref_file=None,
+                               validation_file=source.train_file,
+                               validation_ref_file=source.train_ref_file)
+
+
+def _validation_weights(sources, train_weights):
+    if not mixture_spec.needs_sizes(sources):
+        return mixture_spec.weights(sources, flag="validation_mixture")
+    if not train_weights:
+        return [1 / len(sources)] * len(sources)
+    missing = [s.name for s in sources if s.name not in train_weights]
+    if missing:
+        raise InputError(
+            f"validation_mixture: source {missing[0]!r}: weight: missing, and the "
+            "train_mixture has no source of that name to take it from; weight every "
+            "validation source, or name them as the training sources")
+    total = sum(train_weights[s.name] for s in sources)
+    return [train_weights[s.name] / total for s in sources]
 
 
 def _tokens_as_words(batch):

@@ -28,9 +28,9 @@ import os
 import tensorflow as tf
 
 from pipeline import formats, sources
+from pipeline.config import SIZES_FROM
 from pipeline.errors import InputError
 
-SIZES_FROM = ("bytes", "lines")
 
 
 def source_size(config, sizes_from="bytes"):

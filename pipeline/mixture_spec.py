@@ -103,6 +103,18 @@ def parse_mixture(value, *, temperature=None, flag="train_mixture"):
     return tuple(sources)
 
 
+def parse_validation_mixture(value):
+    """The sources of a validation_mixture: each source's SPEC is its validation data."""
+    sources = parse_mixture(value, flag="validation_mixture")
+    for source in sources:
+        for key in ("validation_file", "validation_ref_file"):
+            if getattr(source, key):
+                _fail("validation_mixture", source.name, key,
+                      "not used here: a validation source's data is its train_file (with "
+                      "train_ref_file) or dataset_name")
+    return sources
+
+
 def _fail(flag, source, field, problem):
     raise InputError(f"{flag}: source {source!r}: {field}: {problem}")
 

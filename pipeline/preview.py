@@ -2,7 +2,9 @@
 
 Each predicted position is shown as `shown{original}` (for example
 `[MASK]{parse}`, or `parse{parse}` where the token was kept), so a user can
-check tokenization, packing and masking of their own data.
+check tokenization, packing and masking of their own data. With a
+train_mixture each example names its source and that source's epoch; the
+validation split of a mixture shows the first examples of each source.
 
     python -m pipeline.preview --train_file F --tokenizer DIR [pipeline flags]
         [--num_examples N] [--split train|validation] [--json]
@@ -17,7 +19,7 @@ import typing
 import numpy as np
 
 from pipeline import config as config_lib
-from pipeline import inputs, masking
+from pipeline import inputs, masking, mixture
 
 
 def _add_config_flags(parser):
@@ -30,12 +32,37 @@ def _add_config_flags(parser):
             parser.add_argument(f"--{field.name}", type=kind, default=field.default)
 
 
+def _first(dataset):
+    """The dataset's first batch as numpy rows."""
+    return {key: value.numpy() for key, value in next(iter(dataset)).items()}
+
+
 def _examples(config, tokenizer, split, count):
-    """The first `count` examples (one batch) as numpy rows."""
-    make = inputs.train_dataset if split == "train" else inputs.eval_dataset
-    batch = next(iter(make(config, tokenizer, per_device_batch_size=count,
-                           local_device_count=1)))
-    return {key: value.numpy()[0] for key, value in batch.items()}
+    """[(source name or None, epoch or None, its first `count` examples as numpy rows)]."""
+    train_weights = None
+    if config.train_mixture:
+        config, train_weights = mixture.with_resolved_weights(config)
+    if split == "train":
+        batch = _first(inputs.train_dataset(config, tokenizer, per_device_batch_size=count,
+                                            local_device_count=1))
+        if not config.train_mixture:
+            return [(None, None, batch)]
+        names = list(train_weights)
+        return [(names[batch["source"][row]], int(batch["epoch"][row]),
+                 {key: value[row:row + 1] for key, value in batch.items()})
+                for row in range(count)]
+    return [(part.name, None, _first(inputs.eval_dataset(
+        part.config, tokenizer, per_device_batch_size=count, local_device_count=1)))
+            for part in mixture.validation_sets(config, train_weights)]
+
+
+def _rows(parts):
+    """(source, epoch, row of a batch) for each example of `parts`, padding left out."""
+    for source, epoch, batch in parts:
+        for row in range(len(batch["input_ids"])):
+            if not (batch["attention_mask"][row] == 1).any():
+                break  # weight-0 padding at the end of a short validation set
+            yield source, epoch, {key: value[row] for key, value in batch.items()}
 
 
 def _render(tokens, labels, originals):
@@ -56,22 +83,24 @@ def main(argv=None):
     config = config_lib.DataConfig(**{f.name: getattr(args, f.name)
                                       for f in dataclasses.fields(config_lib.DataConfig)})
     tokenizer = inputs.load_tokenizer(args.tokenizer)
-    batch = _examples(config, tokenizer, args.split, args.num_examples)
-    for row in range(args.num_examples):
-        real = batch["attention_mask"][row] == 1
-        if not real.any():
-            break  # weight-0 padding at the end of a short validation set
-        ids = batch["input_ids"][row][real]
-        labels = batch["labels"][row][real]
+    parts = _examples(config, tokenizer, args.split, args.num_examples)
+    for index, (source, epoch, example) in enumerate(_rows(parts)):
+        real = example["attention_mask"] == 1
+        ids = example["input_ids"][real]
+        labels = example["labels"][real]
         tokens = tokenizer.convert_ids_to_tokens(ids.tolist())
         originals = tokenizer.convert_ids_to_tokens(np.where(labels >= 0, labels, ids).tolist())
+        origin = {} if source is None else {"source": source}
+        if epoch is not None:
+            origin["epoch"] = epoch
         if args.json:
-            print(json.dumps({"input_ids": ids.tolist(), "labels": labels.tolist(),
+            print(json.dumps({**origin, "input_ids": ids.tolist(), "labels": labels.tolist(),
                               "tokens": tokens, "original_tokens": originals},
                              ensure_ascii=False))
         else:
             predicted = int((labels != masking.IGNORE_INDEX).sum())
-            print(f"--- example {row}: {len(ids)} tokens, {predicted} predicted")
+            where = "".join(f", {key} {value}" for key, value in origin.items())
+            print(f"--- example {index}{where}: {len(ids)} tokens, {predicted} predicted")
             print(_render(tokens, labels, originals))
     sys.stdout.flush()
 

@@ -122,15 +122,20 @@ def test_data_config_carries_every_field_and_the_seed():
                "random_replace_prob": "0.2", "whole_word_masking": "true",
                "max_eval_samples": "13", "invalid_utf8": "replace",
                "read_block_bytes": "4096", "blocks_mixed": "5"}
-    assert set(changed) == {f.name for f in dataclasses.fields(DataConfig)} - {"seed"}
-    argv = ["--output_dir", "o", "--seed", "3"]
-    for name, value in changed.items():
-        argv += [f"--{name}", value]
-    _, data_args, training_args = parse_args(argv)
-    config = data_config(data_args, training_args)
-    assert config.seed == 3
-    for name, value in changed.items():
-        assert str(getattr(config, name)).lower() == value, name
+    # A mixture replaces the single-source data flags, so its fields are set in a second run.
+    mixture = {"train_mixture": "a=x.txt,b=y.txt", "validation_mixture": "a=v.txt",
+               "mixture_temperature": "2.0", "mixture_sizes_from": "lines"}
+    assert set(changed) | set(mixture) == (
+        {f.name for f in dataclasses.fields(DataConfig)} - {"seed"})
+    for fields in (changed, {**mixture, "max_eval_samples": "13"}):
+        argv = ["--output_dir", "o", "--seed", "3", "--max_steps", "5"]
+        for name, value in fields.items():
+            argv += [f"--{name}", value]
+        _, data_args, training_args = parse_args(argv)
+        config = data_config(data_args, training_args)
+        assert config.seed == 3
+        for name, value in fields.items():
+            assert str(getattr(config, name)).lower() == value, name
 
 
 def test_hparams_are_flat_and_hide_tokens():
@@ -222,3 +227,65 @@ def test_command_line_mistakes_are_one_documented_line(tmp_path, capsys, monkeyp
     with open(os.path.join(ROOT, "docs", "bad-input.md"), encoding="utf-8") as f:
         table = f.read()
     assert f"`{BOOLEAN_VALUE}`" in table and f"`{CONFIG_LATER}`" in table
+MIXTURE = "wiki=data/wiki/*.txt:0.6,books[body]=gs://b/books/*.jsonl:0.4"
+
+
+def test_mixture_flags_and_the_json_list_form_give_the_same_sources(tmp_path):
+    from pipeline.mixture_spec import parse_mixture
+
+    flags = ["--output_dir", "o", "--max_steps", "10", "--train_mixture", MIXTURE]
+    from_flags = parse_args(flags)[1]
+    listed = [{"name": "wiki", "train_file": "data/wiki/*.txt", "weight": 0.6},
+              {"name": "books", "train_file": "gs://b/books/*.jsonl", "text_column": "body",
+               "weight": 0.4}]
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps({"output_dir": "o", "max_steps": 10, "train_mixture": listed}))
+    from_json = parse_args([str(path)])[1]
+    assert parse_mixture(from_json.train_mixture) == parse_mixture(from_flags.train_mixture)
+    assert hparams(*parse_args(flags))["train_mixture"] == MIXTURE
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--train_mixture", "wiki=a.txt:0.6,books=b.txt"],
+     "error: train_mixture: source 'books': weight: missing, while 'wiki' has one: "
+     "weight every source, or none (drawn in proportion to size), or set mixture_temperature "
+     "(see --help)"),
+    (["--train_mixture", "wiki=a.txt", "--train_file", "b.txt"],
+     "train_mixture replaces train_file: give each source's data in the mixture"),
+    (["--train_mixture", "wiki=a.txt,wiki=b.txt"],
+     "train_mixture: source 'wiki': name: used twice (again by source 2)"),
+    (["--train_mixture", "a b=a.txt"], "train_mixture: source 'a b': name: expected 1 to 64"),
+    (["--train_mixture", "a=x.txt:-1"], "train_mixture: source 'a': weight: expected a number > 0"),
+    (["--train_mixture", '[{"name": "a", "train_fle": "x.txt"}]'],
+     "train_mixture: source 'a': train_fle: unknown field; did you mean 'train_file'?"),
+    (["--train_mixture", "a=x.txt:1,b=y.txt:1", "--mixture_temperature", "3"],
+     "mixture_temperature: every source of the mixture has a weight"),
+    (["--mixture_temperature", "3", "--train_file", "x.txt"],
+     "mixture_temperature applies to a train_mixture, which is not set"),
+    (["--train_mixture", "a=x.txt", "--mixture_sizes_from", "words"],
+     "mixture_sizes_from must be one of bytes, lines; got 'words'"),
+    (["--validation_mixture", "a=x.txt", "--validation_file", "v.txt"],
+     "validation_mixture replaces validation_file: drop one"),
+    (["--validation_mixture", '[{"name": "a", "train_file": "x.txt", "validation_file": "v"}]'],
+     "validation_mixture: source 'a': validation_file: not used here"),
+])
+def test_mixture_mistakes_are_one_line_naming_the_field(argv, message, capsys):
+    assert message in error_of(["--output_dir", "o", "--max_steps", "5", *argv], capsys)
+
+
+def test_a_training_mixture_needs_max_steps(capsys):
+    err = error_of(["--output_dir", "o", "--train_mixture", "a=x.txt"], capsys)
+    assert "train_mixture needs max_steps: each source repeats on its own" in err
+    assert parse_args(["--output_dir", "o", "--do_eval", "--train_mixture", "a=x.txt"])
+
+
+def test_the_example_mixture_config_parses_with_refs_on_the_chinese_side():
+    from pipeline.mixture_spec import parse_mixture
+
+    path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs",
+                        "mixture-en-zh.json")
+    _, data_args, training_args = parse_args([path])
+    en, zh = parse_mixture(data_args.train_mixture)
+    assert (en.name, zh.name) == ("en", "zh") and (en.weight, zh.weight) == (0.3, 0.7)
+    assert zh.train_ref_file and zh.validation_ref_file and not en.train_ref_file
+    assert data_args.whole_word_masking and training_args.max_steps > 0

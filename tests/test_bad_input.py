@@ -30,8 +30,9 @@ SHORT_LINE = "Open the file."  # line 5 of text.txt: a ref index past its tokens
 
 
 def flags(tokenizer, train_file, output_dir, *extra, overrides=TINY):
+    data = [] if train_file is None else ["--train_file", str(train_file)]  # None: a mixture
     return ["--model_type", "bert", "--config_overrides", overrides,
-            "--tokenizer_name", str(tokenizer), "--train_file", str(train_file),
+            "--tokenizer_name", str(tokenizer), *data,
             "--output_dir", str(output_dir), "--max_seq_length", "32",
             "--max_predictions_per_seq", "6", "--per_device_train_batch_size", "2",
             "--per_device_eval_batch_size", "2", "--shuffle_buffer_size", "100",
@@ -199,6 +200,24 @@ CASES = [
     ("mesh_shape without --parallelism mesh", "text.txt", ["--mesh_shape", "fsdp=8"], 2,
      "train.py: error: mesh_shape applies to --parallelism mesh only; add --parallelism mesh, "
      "or drop mesh_shape (see --help)"),
+    ("mixture source with a missing file", None,
+     ["--train_mixture", "good=DATA/text.txt,gone=DATA/missing.txt"], 1,
+     "error: train_mixture: source gone: data file 'DATA/missing.txt' not found"),
+    ("mixture source with only blank lines", None,
+     ["--train_mixture", "good=DATA/text.txt:0.5,blank=DATA/blank.txt:0.5"], 1,
+     "error: source blank (DATA/blank.txt): no example in an epoch of the share this host "
+     "reads (the data is empty, only blank lines, too short for one example, or all held out "
+     "for validation)"),
+    ("mixture with some sources weighted", None,
+     ["--train_mixture", "good=DATA/text.txt:0.5,other=DATA/text.txt"], 2,
+     "train.py: error: train_mixture: source 'other': weight: missing, while 'good' has one: "
+     "weight every source, or none (drawn in proportion to size), or set mixture_temperature "
+     "(see --help)"),
+    ("empty validation source of a mixture", None,
+     ["--train_mixture", "good=DATA/text.txt", "--do_eval",
+      "--validation_mixture", "good=DATA/text.txt:1,blank=DATA/blank.txt:1"], 1,
+     "error: validation source blank: the validation set is empty: DATA/blank.txt has no "
+     "text"),
     ("resume with another batch per process", "text.txt",
      ["--per_device_train_batch_size", "1"], 1,
      "error: OUT/checkpoints/2/data was written with batches of 16 examples per process, this "
@@ -215,9 +234,10 @@ def test_one_clear_error_and_output_untouched(case, train_file, extra, status, e
     out = tmp_path / "run"
     shutil.copytree(previous_run, out)
     before = snapshot(out)
-    extra = [str(data / e[len("DATA/"):]) if e.startswith("DATA/") else e for e in extra]
+    extra = [e.replace("DATA/", f"{data}/") for e in extra]
     overrides = TINY.replace("hidden_size=32", "hidden_size=48") if "shape" in case else TINY
-    argv = flags(tokenizer_dir, data / train_file, out, *extra, overrides=overrides)
+    argv = flags(tokenizer_dir, train_file and data / train_file, out, *extra,
+                 overrides=overrides)
     code, message = run_main(argv, capsys, monkeypatch)
     assert (code, generic(message, data, tokenizer_dir, out)) == (status, expected)
     assert snapshot(out) == before

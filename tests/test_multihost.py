@@ -350,3 +350,40 @@ def test_bad_data_on_one_host_stops_every_host_with_one_error(tmp_path, data, da
     assert errors[1] == [f"error: {bad_dir / 'train1.txt.gz'}: line 7: invalid UTF-8; pass "
                          "--invalid_utf8 replace to replace invalid bytes with U+FFFD"]
     assert not (output_dir / run_dir.RUN_MARKER).exists()
+
+
+@pytest.mark.slow
+def test_a_mixture_on_two_hosts_evaluates_every_example_of_each_source_once(
+        tmp_path, corpus_file, data_config, tokenizer_dir, tokenizer):
+    """Two sources read as blocks by both hosts (uneven shares); one source's validation file
+    is too short for the second host, which then evaluates weight-0 batches only."""
+    lines = iter(dict.fromkeys(corpus_file.read_text(encoding="utf-8").splitlines()[5000:]))
+    files = {}
+    for name, count in (("x", 400), ("y", 120), ("x-valid", 30), ("y-valid", 1)):
+        files[name] = tmp_path / f"{name}.txt"
+        files[name].write_text("".join(next(lines) + "\n" for _ in range(count)), "utf-8")
+    settings = {
+        "train_file": None, "validation_file": None, "max_steps": 8, "eval_steps": 8,
+        "train_mixture": [{"name": "x", "train_file": str(files["x"]), "weight": 0.7},
+                          {"name": "y", "train_file": str(files["y"]), "weight": 0.3}],
+        "validation_mixture": [{"name": n, "train_file": str(files[f"{n}-valid"])}
+                               for n in ("x", "y")]}
+    output_dir = tmp_path / "out"
+    procs = start_cluster(tmp_path, data_config, tokenizer_dir, output_dir,
+                          cluster_env(tmp_path), "mixture", settings)
+    codes = finish(procs)
+    logs = [(tmp_path / f"mixture_{i}.log").read_text("utf-8") for i in range(HOSTS)]
+    assert codes == [0] * HOSTS, "\n".join(log[-3000:] for log in logs)
+    results = json.loads((output_dir / "eval_results.json").read_text("utf-8"))
+    assert results["eval_weights"] == pytest.approx({"x": 0.7, "y": 0.3})
+    for name in ("x", "y"):
+        config = dataclasses.replace(data_config, train_file=None,
+                                     validation_file=str(files[f"{name}-valid"]))
+        shares = [host_lines(config, "validation", i) for i in range(HOSTS)]
+        assert not set(shares[0]) & set(shares[1])
+        assert sorted(shares[0] + shares[1]) == sorted(
+            files[f"{name}-valid"].read_text("utf-8").splitlines())
+        # Predictions per example depend only on its length: equal totals, each example once.
+        assert results[f"eval/{name}/predicted_tokens"] == single_host_predicted_tokens(
+            config, tokenizer)
+    assert "train/x/epoch=0" in logs[0] and "train/y/epoch=" in logs[0]

@@ -45,3 +45,24 @@ def test_the_command_prints_examples_without_tensorflow_chatter(corpus_file, tok
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=True)
     assert result.stdout.startswith("--- example 0:")
     assert result.stderr == ""
+
+
+def test_a_mixture_preview_names_each_example_source(capsys, tmp_path, tokenizer_dir):
+    for word, count in (("apple", 50), ("banana", 50)):
+        (tmp_path / f"{word}.txt").write_text("".join(f"{word} {i}\n" for i in range(count)))
+    mixture = f"a={tmp_path / 'apple.txt'}:1,b={tmp_path / 'banana.txt'}:1"
+    preview.main(["--train_mixture", mixture, "--tokenizer", str(tokenizer_dir), "--json",
+                  "--line_by_line", "--max_seq_length", "8", "--num_examples", "8"])
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(rows) == 8 and {row["source"] for row in rows} == {"a", "b"}
+    for row in rows:
+        assert row["epoch"] == 0
+        text = "".join(t.removeprefix("##") for t in row["original_tokens"][1:])
+        assert text.startswith({"a": "apple", "b": "banana"}[row["source"]])
+    preview.main(["--train_mixture", mixture, "--tokenizer", str(tokenizer_dir),
+                  "--line_by_line", "--max_seq_length", "8", "--num_examples", "2",
+                  "--split", "validation", "--validation_split_percentage", "20"])
+    headers = [line for line in capsys.readouterr().out.splitlines() if line.startswith("---")]
+    assert [h.split(":")[0] for h in headers] == [
+        "--- example 0, source a", "--- example 1, source a", "--- example 2, source b",
+        "--- example 3, source b"]

@@ -17,8 +17,8 @@ import train
 from trainer import checkpoints, run_dir
 
 from test_monitoring import read_scalars  # TensorBoard's own event reader
-from train_runs import (PARALLELISM, finish, read_until, run, start, tiny_config,
-                        write_config)
+from train_runs import (PARALLELISM, finish, read_until, run, run_to_end,
+                        shared_compilation_cache, start, tiny_config, write_config)
 
 STEPS = 40
 GRACE_SECONDS = 30  # what a preempted Cloud VM (and Kubernetes, by default) allows after SIGTERM
@@ -34,12 +34,8 @@ def config(request, corpus_file, tokenizer_dir):
 
 @pytest.fixture(scope="module", autouse=True)
 def compilation_cache(tmp_path_factory):
-    """Runs after the first reuse its compiled steps: the reruns test resuming, not XLA."""
-    os.environ["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path_factory.mktemp("jax_cache"))
-    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
-    yield
-    for name in ("JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"):
-        del os.environ[name]
+    with shared_compilation_cache(tmp_path_factory.mktemp("jax_cache")):
+        yield
 
 
 def losses(output_dir):
@@ -48,10 +44,7 @@ def losses(output_dir):
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory, config):
-    out = tmp_path_factory.mktemp("uninterrupted")
-    code, console = run(write_config(out / "config.json", config, out / "run"))
-    assert code == 0, console[-4000:]
-    return out / "run", console
+    return run_to_end(tmp_path_factory.mktemp("uninterrupted"), config)
 
 
 @pytest.mark.slow

@@ -9,6 +9,7 @@ still a temporary one, deterministically and without a sleep in product code.
 committed a checkpoint of its own.)
 """
 
+import contextlib
 import json
 import os
 import subprocess
@@ -44,6 +45,18 @@ def tiny_config(corpus_file, tokenizer_dir, **overrides):
     }
 
 
+@contextlib.contextmanager
+def shared_compilation_cache(directory):
+    """Runs started inside reuse the first one's compiled steps: reruns test resuming, not XLA."""
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = str(directory)
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    try:
+        yield
+    finally:
+        for name in ("JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"):
+            del os.environ[name]
+
+
 def write_config(path, config, output_dir):
     """Writes config plus output_dir as a JSON config file; returns its path."""
     path.write_text(json.dumps(dict(config, output_dir=str(output_dir))))
@@ -70,6 +83,13 @@ def run(config_file, timeout=240, *, env=None, cwd=ROOT):
     result = subprocess.run(command(config_file), cwd=cwd, capture_output=True, text=True,
                             timeout=timeout, check=False, env=env)
     return result.returncode, result.stdout + result.stderr
+
+
+def run_to_end(directory, config):
+    """(output_dir, console) of a whole run of `config` into directory/run that succeeded."""
+    code, console = run(write_config(directory / "config.json", config, directory / "run"))
+    assert code == 0, console[-4000:]
+    return directory / "run", console
 
 
 def read_until(process, marker):

@@ -20,7 +20,8 @@ from typing import Optional
 # Light modules only (no TensorFlow, JAX or transformers): train.py reads its command line,
 # and answers --help, before those load.
 from model.configuration import SUPPORTED_MODEL_TYPES
-from pipeline.config import INVALID_UTF8, DataConfig
+from pipeline.config import INVALID_UTF8, SIZES_FROM, DataConfig
+from pipeline.mixture_spec import parse_mixture, parse_validation_mixture
 
 logger = logging.getLogger(__name__)
 
@@ -143,7 +144,30 @@ class DataTrainingArguments:
         metadata={"help": "'jieba': segment Chinese on the fly for whole-word masking "
                           "(instead of ref files)."})
     max_eval_samples: Optional[int] = field(
-        default=None, metadata={"help": "Evaluate on at most this many examples."})
+        default=None,
+        metadata={"help": "Evaluate on at most this many examples (of each validation source)."})
+    train_mixture: Optional[str] = field(
+        default=None,
+        metadata={"help": "Several named training sources instead of train_file/dataset_name: "
+                          "'name[column]=SPEC[:weight],...' (SPEC a file spec, tfds:NAME or "
+                          "hf:NAME), e.g. 'wiki=data/wiki/*.txt:0.6,books=data/books.jsonl:0.4'; "
+                          "in a JSON config, a list of objects (README: Mixtures). Needs "
+                          "max_steps."})
+    validation_mixture: Optional[str] = field(
+        default=None,
+        metadata={"help": "Named validation sources, in the form of train_mixture: each is "
+                          "evaluated on its own (eval/<name>/loss) and weighted into eval/loss. "
+                          "Default with a train_mixture: each source's validation_file or its "
+                          "held-out lines."})
+    mixture_temperature: Optional[float] = field(
+        default=None,
+        metadata={"help": "Draw the train_mixture's unweighted sources in proportion to "
+                          "size^(1/T) (XLM-R: T=3.3); a weighted source keeps its weight as a "
+                          "fixed share."})
+    mixture_sizes_from: str = field(
+        default="bytes",
+        metadata={"help": "Sizes for weights by size: 'bytes' (file sizes, no pass over the "
+                          "data) or 'lines' (one counting pass over each source)."})
 
     def __post_init__(self):
         _check_positive("max_seq_length", self.max_seq_length)
@@ -166,6 +190,27 @@ class DataTrainingArguments:
             _check_choice("chinese_word_segmentation", self.chinese_word_segmentation,
                           WORD_SEGMENTERS)
         _check_choice("invalid_utf8", self.invalid_utf8, INVALID_UTF8)
+        self._check_mixtures()
+
+    def _check_mixtures(self):
+        """A mixture replaces the single-source data flags; it is parsed (and refused) here."""
+        _check_choice("mixture_sizes_from", self.mixture_sizes_from, SIZES_FROM)
+        if self.train_mixture is None:
+            if self.mixture_temperature is not None:
+                raise ValueError("mixture_temperature applies to a train_mixture, which is not "
+                                 "set")
+        else:
+            single = [name for name in MIXTURE_REPLACES if getattr(self, name) is not None]
+            if single:
+                raise ValueError(
+                    f"train_mixture replaces {single[0]}: give each source's data in the "
+                    f"mixture (its train_file or dataset_name, refs and validation_file), or "
+                    f"drop train_mixture")
+            parse_mixture(self.train_mixture, temperature=self.mixture_temperature)
+        if self.validation_mixture is not None:
+            if self.validation_file is not None:
+                raise ValueError("validation_mixture replaces validation_file: drop one")
+            parse_validation_mixture(self.validation_mixture)
 
 
 @dataclass
@@ -312,6 +357,11 @@ class TrainingArguments:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
 
 
+# The single-source data flags that a train_mixture's sources replace.
+MIXTURE_REPLACES = ("train_file", "dataset_name", "dataset_config_name", "train_ref_file",
+                    "validation_file", "validation_ref_file")
+# Arguments that a JSON config may give as a list of objects (passed on as JSON text).
+JSON_LIST_FIELDS = ("train_mixture", "validation_mixture")
 ARGUMENT_CLASSES = (ModelArguments, DataTrainingArguments, TrainingArguments)
 
 
@@ -465,7 +515,9 @@ def _json_to_flags(path, parser):
     for name, value in values.items():
         if value is None:  # JSON null: keep the default.
             continue
-        if isinstance(value, (dict, list)):
+        if isinstance(value, list) and name in JSON_LIST_FIELDS:
+            value = json.dumps(value)
+        elif isinstance(value, (dict, list)):
             parser.error(f"{path}: {name} must be a single value, got {json.dumps(value)}")
         flags += [f"--{name}", str(value)]
     return flags
@@ -498,10 +550,19 @@ def parse_args(argv=None):
             for cls in ARGUMENT_CLASSES)
     except ValueError as e:
         parser.error(str(e))
+    _check_mixture_steps(parsed[1], parsed[2], parser)
     ignored = ignored_settings(*parsed)
     if ignored:
         logger.warning("These settings have no effect in this trainer: %s", ", ".join(ignored))
     return parsed
+
+
+def _check_mixture_steps(data_args, training_args, parser):
+    """A training mixture has no epoch to count steps by (each source repeats on its own)."""
+    training = training_args.do_train or not training_args.do_eval
+    if data_args.train_mixture and training and training_args.max_steps <= 0:
+        parser.error("train_mixture needs max_steps: each source repeats on its own, so the "
+                     "mixture has no epoch for num_train_epochs to count")
 
 
 def ignored_settings(*arguments):
@@ -558,7 +619,8 @@ KEPT_ON_RESUME = {
     "optimizer": "the checkpoint holds its optimizer's state",
 }
 # Data settings that do not shape the training stream: a resumed run may change them.
-_NOT_TRAINING_STREAM = ("validation_file", "validation_ref_file", "max_eval_samples",
+_NOT_TRAINING_STREAM = ("validation_file", "validation_ref_file", "validation_mixture",
+                        "max_eval_samples",
                         "invalid_utf8")  # invalid_utf8 replace is the fix for a bad line
 
 
