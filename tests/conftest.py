@@ -47,3 +47,11 @@ def tokenizer(tokenizer_dir):
 def vocab(tokenizer):
     """Its special ids and word-continuation table, as the pipeline sees them."""
     return tokenize.vocabulary(tokenizer)
+
+
+@pytest.fixture(scope="module")
+def jax_cache_per_module(tmp_path_factory):
+    """One persistent compilation cache for a test module's train.py runs (train_runs)."""
+    from train_runs import shared_compilation_cache  # pylint: disable=import-outside-toplevel
+    with shared_compilation_cache(tmp_path_factory.mktemp("jax_cache")):
+        yield

@@ -6,7 +6,6 @@ uneven size, the smallest of which repeats several times within the run.
 """
 
 import json
-import os
 import signal
 import time
 
@@ -15,9 +14,10 @@ import pytest
 
 from trainer import checkpoints, mixtures, run_dir
 
-from test_monitoring import read_scalars  # TensorBoard's own event reader
-from train_runs import (finish, read_until, run, run_to_end, shared_compilation_cache, start,
+from train_runs import (finish, logged_scalars, read_until, run, run_to_end, start,
                         tiny_config, write_config)
+
+pytestmark = pytest.mark.usefixtures("jax_cache_per_module")
 
 STEPS = 24
 NAMES = ("big", "mid", "small")
@@ -45,16 +45,6 @@ def mixture_config(tmp_path_factory, corpus_file, tokenizer_dir):
     return config
 
 
-@pytest.fixture(scope="module", autouse=True)
-def compilation_cache(tmp_path_factory):
-    with shared_compilation_cache(tmp_path_factory.mktemp("jax_cache")):
-        yield
-
-
-def scalars(output_dir):
-    return read_scalars(os.path.join(output_dir, run_dir.LOG_DIR))
-
-
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory, mixture_config):
     return run_to_end(tmp_path_factory.mktemp("mixture_uninterrupted"), mixture_config)
@@ -63,7 +53,7 @@ def uninterrupted(tmp_path_factory, mixture_config):
 @pytest.mark.slow
 def test_each_source_is_evaluated_and_weighted_into_the_total(uninterrupted):
     output_dir, console = uninterrupted
-    logged = scalars(output_dir)
+    logged = logged_scalars(output_dir)
     results = json.loads((output_dir / "eval_results.json").read_text())
     assert results["eval_weights"] == pytest.approx(dict(zip(NAMES, WEIGHTS)))
     for metric in ("loss", "accuracy"):
@@ -81,7 +71,7 @@ def test_each_source_is_evaluated_and_weighted_into_the_total(uninterrupted):
 @pytest.mark.slow
 def test_a_short_source_logs_its_epochs(uninterrupted):
     output_dir, console = uninterrupted
-    logged = scalars(output_dir)
+    logged = logged_scalars(output_dir)
     small = [logged["train/small/epoch"][step] for step in range(1, STEPS + 1)]
     assert small[0] == 0 and small[-1] >= 1 and all(np.diff(small) >= 0)
     assert set(logged["train/big/epoch"].values()) == {0}
@@ -92,7 +82,7 @@ def test_a_short_source_logs_its_epochs(uninterrupted):
 @pytest.mark.slow
 def test_killed_mixture_run_resumes_with_the_same_losses_and_source_positions(
         tmp_path, mixture_config, uninterrupted):
-    expected = scalars(uninterrupted[0])
+    expected = logged_scalars(uninterrupted[0])
     output_dir = tmp_path / "run"
     config_file = write_config(tmp_path / "config.json", mixture_config, output_dir)
     process = start(config_file)
@@ -110,7 +100,7 @@ def test_killed_mixture_run_resumes_with_the_same_losses_and_source_positions(
     code, console = run(config_file)
     assert code == 0, console[-4000:]
     assert f"Resuming from the checkpoint of step {killed_at}" in console
-    got = scalars(output_dir)
+    got = logged_scalars(output_dir)
     for name in ("train/loss", "eval/loss", *(f"eval/{n}/loss" for n in NAMES),
                  *(f"train/{n}/epoch" for n in NAMES)):
         assert got[name] == expected[name], name

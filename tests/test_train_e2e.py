@@ -16,9 +16,10 @@ import pytest
 import train
 from trainer import checkpoints, run_dir
 
-from test_monitoring import read_scalars  # TensorBoard's own event reader
-from train_runs import (PARALLELISM, finish, read_until, run, run_to_end,
-                        shared_compilation_cache, start, tiny_config, write_config)
+from train_runs import (PARALLELISM, finish, logged_scalars, read_until, run, run_to_end,
+                        start, tiny_config, write_config)
+
+pytestmark = pytest.mark.usefixtures("jax_cache_per_module")
 
 STEPS = 40
 GRACE_SECONDS = 30  # what a preempted Cloud VM (and Kubernetes, by default) allows after SIGTERM
@@ -32,16 +33,6 @@ def config(request, corpus_file, tokenizer_dir):
                        **PARALLELISM[request.param])
 
 
-@pytest.fixture(scope="module", autouse=True)
-def compilation_cache(tmp_path_factory):
-    with shared_compilation_cache(tmp_path_factory.mktemp("jax_cache")):
-        yield
-
-
-def losses(output_dir):
-    return read_scalars(os.path.join(output_dir, run_dir.LOG_DIR))
-
-
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory, config):
     return run_to_end(tmp_path_factory.mktemp("uninterrupted"), config)
@@ -50,7 +41,7 @@ def uninterrupted(tmp_path_factory, config):
 @pytest.mark.slow
 def test_trains_evaluates_and_logs(uninterrupted):
     output_dir, console = uninterrupted
-    scalars = losses(output_dir)
+    scalars = logged_scalars(output_dir)
     assert sorted(scalars["train/loss"]) == list(range(1, STEPS + 1))
     assert set(scalars["eval/loss"]) == {20, STEPS}
     for name in ("train/accuracy", "train/learning_rate", "train/grad_norm",
@@ -70,7 +61,7 @@ def test_trains_evaluates_and_logs(uninterrupted):
 
 @pytest.mark.slow
 def test_killed_run_resumes_with_the_same_losses(tmp_path, config, uninterrupted):
-    expected = losses(uninterrupted[0])
+    expected = logged_scalars(uninterrupted[0])
     output_dir = tmp_path / "run"
     config_file = write_config(tmp_path / "config.json", config, output_dir)
 
@@ -105,7 +96,7 @@ def test_killed_run_resumes_with_the_same_losses(tmp_path, config, uninterrupted
     code, console = run(config_file)
     assert code == 0, console[-4000:]
     assert f"Resuming from the checkpoint of step {stopped_at}" in console
-    got = losses(output_dir)
+    got = logged_scalars(output_dir)
     for name in ("train/loss", "eval/loss", "eval/accuracy"):
         assert got[name] == expected[name], name
 
@@ -163,7 +154,7 @@ def test_streamed_hf_dataset_resumes_after_sigkill_with_the_same_losses(
     streamed.update(dataset_name=str(folder), max_steps=12, save_steps=4)
     code, console = run(write_config(tmp_path / "whole.json", streamed, tmp_path / "whole"))
     assert code == 0, console[-4000:]
-    expected = losses(tmp_path / "whole")["train/loss"]
+    expected = logged_scalars(tmp_path / "whole")["train/loss"]
 
     output_dir = tmp_path / "run"
     config_file = write_config(tmp_path / "config.json", streamed, output_dir)
@@ -180,4 +171,4 @@ def test_streamed_hf_dataset_resumes_after_sigkill_with_the_same_losses(
     code, console = run(config_file)
     assert code == 0, console[-4000:]
     assert f"Resuming from the checkpoint of step {killed_at}" in console
-    assert losses(output_dir)["train/loss"] == expected
+    assert logged_scalars(output_dir)["train/loss"] == expected

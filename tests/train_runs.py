@@ -47,7 +47,9 @@ def tiny_config(corpus_file, tokenizer_dir, **overrides):
 
 @contextlib.contextmanager
 def shared_compilation_cache(directory):
-    """Runs started inside reuse the first one's compiled steps: reruns test resuming, not XLA."""
+    """Runs started inside reuse the first one's compiled steps: reruns test resuming, not XLA.
+
+    Test modules of train.py runs take it through conftest's `jax_cache_per_module`."""
     os.environ["JAX_COMPILATION_CACHE_DIR"] = str(directory)
     os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
     try:
@@ -55,6 +57,13 @@ def shared_compilation_cache(directory):
     finally:
         for name in ("JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"):
             del os.environ[name]
+
+
+def logged_scalars(output_dir):
+    """{tag: {step: value}} of a run's TensorBoard events, read by TensorBoard's own reader."""
+    from test_monitoring import read_scalars  # pylint: disable=import-outside-toplevel
+    from trainer import run_dir  # pylint: disable=import-outside-toplevel
+    return read_scalars(os.path.join(output_dir, run_dir.LOG_DIR))
 
 
 def write_config(path, config, output_dir):
