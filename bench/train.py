@@ -20,10 +20,9 @@ train.py's Checkpoints (to --save_dir, a temporary directory by default, or
 with --gcs_emulator to gs:// on tests/gcs_emulator.py's fake-gcs-server).
 It reports the median time of the steps no save overlaps, the times of the
 steps that overlap one (the step that starts the save included), and their
-ratio to the median (goal <= 1.5); the largest ratio among the steps no save
-overlaps shows how much of that is the machine's own noise. The emulator runs
-at the lowest CPU priority: it stands in for a remote service, which on a VM
-takes no CPU from training.
+ratio to the median (goal <= 1.5): the largest of all, and of the steps that
+start a save (their time includes the synchronous part of save()); the largest
+ratio among the steps no save overlaps shows how much is the machine's noise.
 
     python bench/train.py --config small --save_steps 20 --seconds 60
     python bench/train.py --config small --save_steps 20 --seconds 60 --gcs_emulator
@@ -45,7 +44,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -131,6 +129,7 @@ def save_stall_figures(steps, save_calls, state_size, save_steps):
     """The JSON figures of timed_saves: overlapping steps against the median step."""
     free = [t for t, overlapped in steps if not overlapped]
     busy = [t for t, overlapped in steps if overlapped]
+    starting = steps[save_steps - 1::save_steps]  # the steps whose time includes save()
     median = float(np.median(free))
     sig = BENCH_MODEL.sig
     return {
@@ -140,29 +139,12 @@ def save_stall_figures(steps, save_calls, state_size, save_steps):
         "overlapping_steps_s": [sig(t) for t in busy],
         "save_call_s": sig(float(np.median(save_calls))) if save_calls else None,
         "max_overlap_ratio": sig(max(busy) / median) if busy else None,
+        "max_starting_ratio": sig(max(t for t, _ in starting) / median) if starting else None,
         "max_free_ratio": sig(max(free) / median),  # the noise: steps no save overlaps
         "median_overlap_ratio": sig(float(np.median(busy)) / median) if busy else None,
         "goal_ratio": 1.5,
         "ok": bool(busy) and max(busy) / median <= 1.5,
     }
-
-
-def low_priority(start, *args):
-    """start(*args) in a thread of the lowest CPU priority, which the threads and processes
-    it starts inherit (Linux: a nice value is per thread), while this thread keeps its own.
-
-    The emulator and its proxy stand in for a remote service: on a VM their work would
-    not take CPU from training, here it should take as little as it can.
-    """
-    started = []
-
-    def run():
-        os.nice(19)
-        started.append(start(*args))
-    thread = threading.Thread(target=run)
-    thread.start()
-    thread.join()
-    return started[0]
 
 
 def run_with_gcs_emulator(argv):
@@ -173,7 +155,7 @@ def run_with_gcs_emulator(argv):
     argv = [a for a in argv if a != "--gcs_emulator"] + ["--save_dir", "gs://bench/run"]
     with tempfile.TemporaryDirectory() as tmp:
         os.makedirs(os.path.join(tmp, "buckets", "bench"))
-        emulator = low_priority(GcsEmulator, tmp, os.path.join(tmp, "buckets"))
+        emulator = GcsEmulator(tmp, os.path.join(tmp, "buckets"))
         try:
             result = subprocess.run([sys.executable, os.path.abspath(__file__)] + argv,
                                     env=emulator.environment(), check=False)
