@@ -165,8 +165,9 @@ def fingerprint(host_tree) -> str:
 class Checkpoints:
     """Keeps the last `save_total_limit` checkpoints of a run under output_dir/checkpoints.
 
-    Saves are asynchronous: the state is copied to host memory, written in the
-    background while training goes on, and `wait()` (or the next save) joins it.
+    Saves are asynchronous: the state and the input position are copied to host
+    memory, written in the background while training goes on, and `wait()` (or
+    the next save) joins them; a failed write is raised there.
     """
 
     def __init__(self, output_dir, *, save_total_limit: Optional[int] = None,
