@@ -7,10 +7,12 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 
 import jax
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
 import pytest
 import tensorflow as tf
 
@@ -52,6 +54,40 @@ def test_round_trip_restores_state_and_next_batches(tmp_path):
     ckpt.close()
     np.testing.assert_array_equal(state["params"]["w"], np.full((3, 4), 2.0))
     assert state["step"] == 7 and state["rng"].tolist() == [1, 2]
+    got = host_values(resumed.to_device(place), 6)
+    np.testing.assert_array_equal(np.stack(got), np.stack(expected))
+
+
+def test_input_position_is_taken_at_save_and_written_in_the_background(tmp_path, monkeypatch):
+    """save() returns before the input state is written; the step commits only once it is."""
+    release = threading.Event()
+    write_files = checkpoints._write_files  # pylint: disable=protected-access
+
+    def held_write(directory, files):  # a slow bucket: the write waits until released
+        assert release.wait(60)
+        write_files(directory, files)
+
+    monkeypatch.setattr(checkpoints, "_write_files", held_write)
+    place = feed.PmapFeed().place_batch
+    data = feed.DataIterator(shuffled_batches())
+    batches = data.to_device(place)
+    host_values(batches, 5)
+    ckpt = checkpoints.Checkpoints(tmp_path)
+    ckpt.save(5, make_state(2.0), data)
+    try:
+        assert ckpt.saving()
+        expected = host_values(batches, 6)  # the iterator moves on while the write waits
+        assert ocp.path.step.checkpoint_steps(ckpt.directory) == []  # not committed yet
+    finally:
+        release.set()
+    ckpt.wait()
+    assert ocp.path.step.checkpoint_steps(ckpt.directory) == [5]
+    ckpt.close()
+
+    resumed = feed.DataIterator(shuffled_batches())
+    ckpt = checkpoints.Checkpoints(tmp_path)
+    ckpt.restore(make_state(0.0), resumed)
+    ckpt.close()
     got = host_values(resumed.to_device(place), 6)
     np.testing.assert_array_equal(np.stack(got), np.stack(expected))
 

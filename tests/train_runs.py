@@ -143,20 +143,25 @@ def step_losses(logdir, pid):
 
 
 def _pause_second_checkpoint_write():
-    """Makes the input-state item of the second checkpoint block once written (see module doc)."""
+    """Makes the input-state write of the second checkpoint block once done (see module doc).
+
+    The write runs in Orbax's background thread, so training goes on meanwhile
+    until a save or the end of the run waits for it.
+    """
     from trainer import checkpoints  # pylint: disable=import-outside-toplevel
 
-    write = checkpoints.DataIteratorHandler.save
+    write = checkpoints._write_files  # pylint: disable=protected-access
     writes = []
 
-    def write_then_pause(self, directory, args):
-        write(self, directory, args)
+    def write_then_pause(directory, files):  # directory: the item's process_<i>/
+        write(directory, files)
         writes.append(directory)
         if len(writes) == 2:
-            print(PAUSE_MARKER, directory, flush=True)
+            sys.stdout.write(f"{PAUSE_MARKER} {directory.parent}\n")  # one write: one line
+            sys.stdout.flush()
             threading.Event().wait(PAUSE_SECONDS)
 
-    checkpoints.DataIteratorHandler.save = write_then_pause
+    checkpoints._write_files = write_then_pause  # pylint: disable=protected-access
 
 
 if __name__ == "__main__":

@@ -14,13 +14,16 @@ devices: the restore target says the shapes and, for a mesh, the shardings
 to read into.
 
 The input state is a custom Orbax item (`DataIteratorHandler`) rather than a
-file written after Orbax commits: Orbax calls a synchronous handler during
-`save()` (the moment the step is known), writes it into the same temporary
-directory as the train state, and makes the whole step visible with one
-atomic rename (or one commit marker on GCS). A kill at any point leaves either
-the complete new step or none of it, and the previous step stays usable.
+file written after Orbax commits, and asynchronous like the train state: at
+`save()` (the moment the step is known) it takes the iterator state, the
+pending batches and their description as bytes in memory, and writes them in
+the background into the same temporary directory as the train state. Orbax
+makes the step visible only once every item is written, with one atomic
+rename (or one commit marker on GCS): a kill at any point leaves either the
+complete new step or none of it, and the previous step stays usable.
 """
 
+import asyncio
 import collections
 import contextlib
 import dataclasses
@@ -33,6 +36,7 @@ import os
 import re
 import sys
 from typing import Optional
+import uuid
 
 from etils import epath
 import jax
@@ -51,29 +55,27 @@ class CheckpointWriteError(OutputDirError):
     """A checkpoint could not be written (disk full, no permission); the earlier ones stay."""
 
 
-class DataIteratorHandler(ocp.CheckpointHandler):
+class DataIteratorHandler(ocp.AsyncCheckpointHandler):
     """Writes this process's tf.data iterator state and pending batches under process_<i>/.
 
     Every process calls it with the same step directory; each writes only its
-    own subdirectory, so hosts never overwrite each other.
+    own subdirectory, so hosts never overwrite each other. The state is taken
+    when save is called and written later: on gs:// each file is a round trip
+    the train step should not wait for.
     """
 
+    async def async_save(self, directory: epath.Path, args: "DataIteratorSave"):
+        files = input_state_files(args.data)
+        # Run once Orbax has created the step's temporary directory, before it commits.
+        return [ocp.future.CommitFutureAwaitingContractedSignals(
+            asyncio.to_thread(_write_files, _process_dir(directory), files),
+            name="input_state_save")]
+
     def save(self, directory: epath.Path, args: "DataIteratorSave"):
-        process_dir = directory / f"process_{jax.process_index()}"
-        process_dir.mkdir(parents=True, exist_ok=True)
-        tf.train.Checkpoint(iterator=args.data.iterator).write(str(process_dir / "iterator"))
-        batches = args.data.unconsumed()
-        arrays = {f"{i}.{name}": value for i, batch in enumerate(batches)
-                  for name, value in batch.items()}
-        buffer = io.BytesIO()  # zipfile needs a file it can read back; gs:// files are write-only
-        np.savez(buffer, **arrays)
-        (process_dir / "pending.npz").write_bytes(buffer.getvalue())
-        meta = {"process_count": jax.process_count(), "pending_batches": len(batches),
-                "host_batch": args.data.host_batch}
-        (process_dir / "meta.json").write_text(json.dumps(meta))
+        _write_files(_process_dir(directory), input_state_files(args.data))
 
     def restore(self, directory: epath.Path, args: "DataIteratorRestore"):
-        process_dir = directory / f"process_{jax.process_index()}"
+        process_dir = _process_dir(directory)
         if not process_dir.exists():
             raise CheckpointMismatchError(
                 f"{directory} has no input state for process {jax.process_index()}: "
@@ -114,6 +116,44 @@ class DataIteratorRestore(ocp.args.CheckpointArgs):
     data: DataIterator
 
 
+def _process_dir(directory: epath.Path) -> epath.Path:
+    return directory / f"process_{jax.process_index()}"
+
+
+def input_state_files(data: DataIterator) -> dict:
+    """{file name: bytes} of data's exact position now: what DataIteratorHandler writes.
+
+    tf.data saves an iterator only through a checkpoint file, so it is written
+    to TensorFlow's in-memory file system and read back.
+    """
+    scratch = f"ram://mlm-stream-input-state/{uuid.uuid4().hex}"
+    try:
+        tf.train.Checkpoint(iterator=data.iterator).write(f"{scratch}/iterator")
+        files = {}
+        for path in tf.io.gfile.glob(f"{scratch}/iterator*"):
+            with tf.io.gfile.GFile(path, "rb") as file:
+                files[os.path.basename(path)] = file.read()
+    finally:
+        if tf.io.gfile.exists(scratch):
+            tf.io.gfile.rmtree(scratch)
+    batches = data.unconsumed()
+    arrays = {f"{i}.{name}": value for i, batch in enumerate(batches)
+              for name, value in batch.items()}
+    buffer = io.BytesIO()  # zipfile needs a file it can read back; gs:// files are write-only
+    np.savez(buffer, **arrays)
+    files["pending.npz"] = buffer.getvalue()
+    meta = {"process_count": jax.process_count(), "pending_batches": len(batches),
+            "host_batch": data.host_batch}
+    files["meta.json"] = json.dumps(meta).encode()
+    return files
+
+
+def _write_files(directory: epath.Path, files: dict):
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        (directory / name).write_bytes(data)
+
+
 def fingerprint(host_tree) -> str:
     """A short hash of a host pytree's values: hosts whose replicas agree print the same one."""
     digest = hashlib.sha256()
@@ -125,8 +165,9 @@ def fingerprint(host_tree) -> str:
 class Checkpoints:
     """Keeps the last `save_total_limit` checkpoints of a run under output_dir/checkpoints.
 
-    Saves are asynchronous: the state is copied to host memory, written in the
-    background while training goes on, and `wait()` (or the next save) joins it.
+    Saves are asynchronous: the state and the input position are copied to host
+    memory, written in the background while training goes on, and `wait()` (or
+    the next save) joins them; a failed write is raised there.
     """
 
     def __init__(self, output_dir, *, save_total_limit: Optional[int] = None,
