@@ -14,6 +14,10 @@ class InputError(ValueError):
 _TAG = "InputError: "
 _TF_PREFIX = re.compile(r"^\{\{[^}]*\}\}\s*")  # "{{function_node ...}}" before the text
 _TF_SUFFIX = re.compile(r"\s*(\[\[\{\{node .*|\[Op:.*)$")  # "[[{{node X}}]] [Op:Y]" after it
+# "Error in user-defined function passed to X transformation with iterator: Y: " before the text
+_PY_FUNCTION_PREFIX = re.compile(r"^Error in user-defined function passed to \S+ transformation "
+                                 r"with iterator: \S+: ")
+_TRACEBACK = "Traceback (most recent call last):"
 
 
 def message_in(op_error_text):
@@ -24,7 +28,9 @@ def message_in(op_error_text):
     ("...: InputError: msg" then its traceback) or from an assertion made by
     `formats` ("assertion failed: [InputError: msg]"); that message is
     returned. Any other error (a read that failed after its retries) gives
-    its own text, joined into one line, without TensorFlow's node names.
+    its own text, joined into one line, without TensorFlow's node names or the
+    Python traceback of the tf.data function that met it (a read of a gs://
+    block that failed after its retries is such an error).
     """
     lines = op_error_text.splitlines()
     for line in lines:
@@ -34,5 +40,7 @@ def message_in(op_error_text):
             if line[:start].endswith("assertion failed: ["):
                 message = message.removesuffix("]")
             return message
+    traceback = [i for i, line in enumerate(lines) if line.strip() == _TRACEBACK]
+    lines = lines[:traceback[0]] if traceback else lines
     text = " ".join(line.strip() for line in lines if line.strip())
-    return _TF_SUFFIX.sub("", _TF_PREFIX.sub("", text))
+    return _PY_FUNCTION_PREFIX.sub("", _TF_SUFFIX.sub("", _TF_PREFIX.sub("", text)))

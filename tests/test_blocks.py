@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline import blocks
+from pipeline import blocks, errors
 from pipeline.config import DataConfig
 from pipeline.errors import InputError
 from pipeline.sources import line_batches
@@ -203,6 +203,22 @@ def test_a_line_over_the_limit_is_refused_naming_file_line_and_limit(tmp_path):
     with pytest.raises(tf.errors.OpError,
                        match=r"long.txt: line 4 is longer than 4096 bytes, the limit for one"):
         lines(b"short\n" * 3 + b"x" * 4097 + b"\nend\n")
+
+
+def test_a_failed_read_is_one_line_without_the_readers_traceback(tmp_path):
+    """A read that fails (here: the file is gone; on gs://, retries ran out) inside the
+    block reader's Python call reaches the user as its own message on one line."""
+    path = tmp_path / "gone.txt"
+    path.write_bytes(b"line\n" * 100)
+    table = blocks.block_table([str(path)], 64)
+    path.unlink()
+    ds = tf.data.Dataset.range(table.num_blocks).map(lambda b: blocks.block_lines(table, b)["raw"])
+    with pytest.raises(tf.errors.OpError) as error:
+        list(ds)
+    assert "Traceback" in str(error.value)  # what TensorFlow hands over
+    message = errors.message_in(str(error.value))
+    assert "Traceback" not in message and "\n" not in message
+    assert message.startswith("FileNotFoundError: ") and str(path) in message, message
 
 
 def test_a_file_without_newlines_is_read_in_linear_time(tmp_path):
