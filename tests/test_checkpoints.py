@@ -2,6 +2,7 @@
 the output_dir guard, signals."""
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -276,3 +277,20 @@ def test_stop_request_turns_signals_into_a_flag():
     finally:
         stop.uninstall()
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_orbax_write_tasks_nobody_awaited_are_not_logged(tmp_path):
+    """A full disk fails many of Orbax's write tasks; the run's one error line reports it."""
+    checkpoints.Checkpoints(tmp_path / "run").close()  # installs the console filters
+    asyncio_logger = logging.getLogger("asyncio")
+
+    def logged(message):
+        return asyncio_logger.filter(asyncio_logger.makeRecord(
+            "asyncio", logging.ERROR, __file__, 1, message, None, None))
+
+    orbax_task = os.path.join(os.sep, "venv", "orbax", "checkpoint", "type_handlers.py")
+    assert not logged("Task exception was never retrieved\nfuture: <Task finished "
+                      f"coro=<NumpyHandler._open_and_write() defined at {orbax_task}:114>>")
+    assert not logged("Future exception was never retrieved\nfuture: <Future finished>")
+    assert logged("Task exception was never retrieved\nfuture: <Task finished "
+                  f"coro=<mine() defined at {os.path.join(os.sep, 'app', 'x.py')}:1>>")

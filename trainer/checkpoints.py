@@ -278,7 +278,8 @@ def _quiet_background_write_errors():
     logs it with tracebacks, and TensorStore, finishing the step's other writes
     after Orbax closed their event loop, reports each as an unraisable
     "Event loop is closed", or asyncio logs it as "Future exception was never
-    retrieved": a console of tracebacks for a user whose disk is full.
+    retrieved" (or, for Orbax's own write tasks, "Task exception was never
+    retrieved"): a console of tracebacks for a user whose disk is full.
     """
     for name, drop in (("absl", _orbax_traceback),  # every absl call, Orbax's included
                        ("asyncio", _abandoned_future)):
@@ -295,8 +296,11 @@ def _orbax_traceback(record: logging.LogRecord) -> bool:
 
 
 def _abandoned_future(record: logging.LogRecord) -> bool:
-    """False (drop) for asyncio's report of a write future nobody waited for."""
-    return not record.getMessage().startswith("Future exception was never retrieved")
+    """False (drop) for asyncio's report of a write future or Orbax write task nobody waited for."""
+    message = record.getMessage()
+    return not (message.startswith("Future exception was never retrieved")
+                or (message.startswith("Task exception was never retrieved")
+                    and f"{os.sep}orbax{os.sep}" in message))
 
 
 def _unless_abandoned_write(hook):
