@@ -1,13 +1,18 @@
-"""The project's error for bad input data.
+"""The project's errors for what a user can fix: bad input data, settings, output folders.
 
-A ValueError subclass, so callers that already catch ValueError keep working,
-while tests and the trainer can tell a user's data problem from a bug.
+UserError is their root: the trainer prints those as one line, and lets any
+other exception (a bug) keep its traceback. It is a ValueError subclass, so
+callers that already catch ValueError keep working.
 """
 
 import re
 
 
-class InputError(ValueError):
+class UserError(ValueError):
+    """Something the user can fix; the message says what and where, on one line."""
+
+
+class InputError(UserError):
     """Input data or a data setting is wrong; the message names the file, line and expectation."""
 
 
