@@ -112,10 +112,6 @@ def masker(vocab, config, *, whole_words, process_index=0):
     position_bits = max(1, (config.max_seq_length - 1).bit_length())
     mask_prob = config.mask_replace_prob
     random_prob = config.mask_replace_prob + config.random_replace_prob
-    if not 0 <= mask_prob <= random_prob <= 1:
-        raise ValueError(
-            "mask_replace_prob + random_replace_prob must lie in [0, 1], got "
-            f"{config.mask_replace_prob} + {config.random_replace_prob}")
 
     def mask(index, batch):
         ids = batch["input_ids"]

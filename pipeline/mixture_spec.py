@@ -38,16 +38,13 @@ import math
 import re
 from typing import Optional
 
-from pipeline.config import DataConfig
+from pipeline.config import SOURCE_FIELDS, WORD_SEGMENTERS, DataConfig
 from pipeline.errors import InputError
 
-SEGMENTERS = ("jieba",)
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _SOURCE_START = re.compile(r"(?P<head>[^=/:\\]+)=(?P<spec>.*)", re.DOTALL)
 _HEAD = re.compile(r"(?P<name>[^\[\]]*)(?:\[(?P<column>[^\[\]]*)\])?")
 _NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
-_DATA_FIELDS = ("train_file", "dataset_name", "dataset_config_name", "train_ref_file",
-                "validation_file", "validation_ref_file")
 _OPTION_FIELDS = ("text_column", "chinese_word_segmentation", "whole_word_masking")
 
 
@@ -236,9 +233,9 @@ def _check_source(source, flag):
         fail("train_ref_file", "needs a train_file (a reference file aligns with a .txt file)")
     if source.validation_ref_file and not source.validation_file:
         fail("validation_ref_file", "needs a validation_file")
-    if source.chinese_word_segmentation not in (None, *SEGMENTERS):
+    if source.chinese_word_segmentation not in (None, *WORD_SEGMENTERS):
         fail("chinese_word_segmentation",
-             f"expected {' or '.join(map(repr, SEGMENTERS))}, got "
+             f"expected {' or '.join(map(repr, WORD_SEGMENTERS))}, got "
              f"{source.chinese_word_segmentation!r}")
     if source.weight is not None and not (math.isfinite(source.weight) and source.weight > 0):
         fail("weight", f"expected a number > 0, got {source.weight:g}")
@@ -311,7 +308,7 @@ def weights(sources, sizes=None, temperature=None, flag="train_mixture"):
 
 def source_config(config: DataConfig, source: Source) -> DataConfig:
     """The DataConfig reading `source`: its data fields; the run's options unless it sets them."""
-    data = {key: getattr(source, key) for key in _DATA_FIELDS}
+    data = {key: getattr(source, key) for key in SOURCE_FIELDS}
     options = {key: getattr(source, key) for key in _OPTION_FIELDS
                if getattr(source, key) is not None}
     return dataclasses.replace(config, **data, **options)

@@ -15,7 +15,6 @@ import numpy as np
 import tensorflow as tf
 
 from pipeline import blocks, formats, refs, sharding
-from pipeline.config import INVALID_UTF8
 from pipeline.errors import InputError
 
 _MAX_INTERLEAVE = 4  # files read at once; also mixes their batches
@@ -36,12 +35,6 @@ def line_batches(config, split, *, process_index=0, process_count=1, shuffle=Fal
         raise ValueError(f"process_index {process_index} not in range({process_count})")
     if read_batch_size < 1:
         raise ValueError(f"read_batch_size must be positive, not {read_batch_size}")
-    if not 0 <= config.validation_split_percentage <= 100:
-        raise InputError("validation_split_percentage must be within [0, 100], not "
-                         f"{config.validation_split_percentage}")
-    if config.invalid_utf8 not in INVALID_UTF8:
-        raise InputError(f"invalid_utf8 must be one of {', '.join(INVALID_UTF8)}, "
-                         f"not {config.invalid_utf8!r}")
     read = dict(process_index=process_index, process_count=process_count, shuffle=shuffle,
                 seed=config.seed, batch_size=read_batch_size)
 

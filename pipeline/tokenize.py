@@ -181,8 +181,6 @@ def tokenize(lines, tokenizer, vocab, *, ref_source=None, segmentation=None):
 
     Lines that produce no tokens are dropped.
     """
-    if segmentation not in (None, "jieba"):
-        raise InputError(f"chinese_word_segmentation: expected 'jieba', got {segmentation!r}")
     one_core_per_call()
     backend = plain_backend(tokenizer)
     ref_source = ref_source or RefSource(None, None)

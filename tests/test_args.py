@@ -11,7 +11,9 @@ import sys
 import pytest
 
 from pipeline.config import DataConfig
+from pipeline.errors import InputError
 from trainer.args import ARGUMENT_CLASSES, SECTION_FIELDS, data_config, hparams, parse_args
+from trainer.step_options import StepOptions
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -136,6 +138,19 @@ def test_data_config_carries_every_field_and_the_seed():
         assert config.seed == 3
         for name, value in fields.items():
             assert str(getattr(config, name)).lower() == value, name
+
+
+def test_step_options_are_flags_and_checked_where_defined(capsys):
+    training_args = parse_args(["--output_dir", "o", "--gradient_accumulation_steps", "4",
+                                "--label_smoothing", "0.1", "--full_mlm_head",
+                                "--skip_nonfinite_updates"])[2]
+    assert StepOptions.from_args(training_args) == StepOptions(
+        gradient_accumulation_steps=4, label_smoothing=0.1, full_mlm_head=True,
+        skip_nonfinite_updates=True)
+    with pytest.raises(InputError, match=r"label_smoothing must be in \[0, 1\), got 1.0"):
+        StepOptions(label_smoothing=1.0)
+    assert "gradient_accumulation_steps must be > 0, got 0" in error_of(
+        ["--output_dir", "o", "--gradient_accumulation_steps", "0"], capsys)
 
 
 def test_hparams_are_flat_and_hide_tokens():

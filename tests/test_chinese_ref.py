@@ -145,10 +145,3 @@ def test_misaligned_or_malformed_ref_files_raise_input_error(tmp_path, zh_tokeni
     with pytest.raises(InputError, match=r"zh\.ref.*zh\.txt.*line"):
         next(iter(inputs.train_dataset(config, zh_tokenizer, per_device_batch_size=2,
                                        local_device_count=1)))
-
-
-def test_unknown_segmenter_is_rejected(zh_tokenizer):
-    vocab = tokenize.vocabulary(zh_tokenizer)
-    lines = tf.data.Dataset.from_tensors({"text": ["x"]})
-    with pytest.raises(InputError, match="chinese_word_segmentation.*jieba.*ltp"):
-        tokenize.tokenize(lines, zh_tokenizer, vocab, segmentation="ltp")

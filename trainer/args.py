@@ -1,7 +1,11 @@
 """Command-line arguments: run_mlm_flax.py's three dataclasses, plus what this trainer adds.
 
-Field names and defaults follow Hugging Face's run_mlm_flax.py so that its
-commands and JSON files keep working; flags it accepts that mean nothing here
+The flags are derived from the settings' own definitions: the data flags are
+pipeline/config.py's DataConfig fields, the step's are trainer/step_options.py's
+StepOptions fields, each with its default, help text and check; this module
+adds the model's and the run's, and the command line's machinery (grouped
+--help, a JSON config with flags on top). Field names and defaults follow
+Hugging Face's run_mlm_flax.py so that its commands and JSON files keep working; flags it accepts that mean nothing here
 are still accepted and named in one warning line. Where run_mlm_flax.py would
 crash on a missing value (max_seq_length, eval_steps) we pick a default.
 """
@@ -20,14 +24,15 @@ from typing import Optional
 # Light modules only (no TensorFlow, JAX or transformers): train.py reads its command line,
 # and answers --help, before those load.
 from model.configuration import SUPPORTED_MODEL_TYPES
-from pipeline.config import INVALID_UTF8, SIZES_FROM, DataConfig
+from pipeline.config import SOURCE_FIELDS, DataConfig, check_choice, check_positive
+from pipeline.errors import InputError
 from pipeline.mixture_spec import parse_mixture, parse_validation_mixture
+from trainer.step_options import StepOptions
 
 logger = logging.getLogger(__name__)
 
 OPTIMIZERS = ("adamw", "lamb", "adafactor")
 DTYPES = ("float32", "float16", "bfloat16")
-WORD_SEGMENTERS = ("jieba",)
 PARALLELISMS = ("pmap", "mesh")
 
 # Accepted for compatibility with run_mlm_flax.py (and its Hub plumbing) but without effect:
@@ -69,153 +74,58 @@ class ModelArguments:
     trust_remote_code: bool = field(default=False, metadata={"help": "Ignored here."})
 
     def __post_init__(self):
-        _check_choice("dtype", self.dtype, DTYPES)
+        check_choice("dtype", self.dtype, DTYPES)
         if self.model_type is not None:
-            _check_choice("model_type", self.model_type, SUPPORTED_MODEL_TYPES)
+            check_choice("model_type", self.model_type, SUPPORTED_MODEL_TYPES)
 
 
-@dataclass
-class DataTrainingArguments:
-    """What data to read, and how to tokenize, pack and mask it."""
+@dataclass(frozen=True)
+class DataTrainingArguments(DataConfig):
+    """The data flags: DataConfig's settings, and run_mlm_flax.py's data flags without effect.
 
-    dataset_name: Optional[str] = field(
-        default=None,
-        metadata={"help": "'tfds:NAME[/CONFIG]', a saved Hugging Face dataset or a Hub name."})
-    dataset_config_name: Optional[str] = field(
-        default=None, metadata={"help": "The Hugging Face dataset's configuration."})
-    train_file: Optional[str] = field(
-        default=None,
-        metadata={"help": "Training text: path, comma list or glob; local or gs://; "
-                          ".txt, .json(l), .csv, .tfrecord, .gz."})
-    validation_file: Optional[str] = field(
-        default=None, metadata={"help": "Validation text (same forms as train_file)."})
-    train_ref_file: Optional[str] = field(
-        default=None, metadata={"help": "Chinese whole-word reference file for train_file."})
-    validation_ref_file: Optional[str] = field(
-        default=None, metadata={"help": "Chinese whole-word reference file for validation_file."})
+    Its seed is the run's --seed (a training flag; see FLAGS_OF_ANOTHER_SECTION).
+    """
+
     overwrite_cache: bool = field(default=False, metadata={"help": "Ignored here (no cache)."})
-    validation_split_percentage: int = field(
-        default=5,
-        metadata={"help": "Percent of the training lines held out for validation when no "
-                          "validation source is given."})
-    max_seq_length: int = field(
-        default=128,
-        metadata={"help": "Tokens per example; every batch is padded to it (static shapes)."})
     preprocessing_num_workers: Optional[int] = field(
         default=None, metadata={"help": "Ignored here (tf.data tunes its own parallelism)."})
-    mlm_probability: float = field(
-        default=0.15, metadata={"help": "Fraction of tokens to predict."})
     pad_to_max_length: bool = field(
         default=False,
         metadata={"help": "Accepted for compatibility: batches are always padded to "
                           "max_seq_length."})
-    line_by_line: bool = field(
-        default=False,
-        metadata={"help": "One example per line (truncated and padded) instead of packing."})
-    whole_word_masking: bool = field(
-        default=False, metadata={"help": "Mask whole words rather than single word pieces."})
-    max_predictions_per_seq: int = field(
-        default=20, metadata={"help": "At most this many predicted tokens per example."})
-    mask_replace_prob: float = field(
-        default=0.8, metadata={"help": "Of the predicted tokens, the fraction set to [MASK]."})
-    random_replace_prob: float = field(
-        default=0.1,
-        metadata={"help": "Of the predicted tokens, the fraction set to a random token."})
-    shuffle_buffer_size: int = field(
-        default=10_000,
-        metadata={"help": "Lines in the training stream's bounded shuffle buffer, the last "
-                          "stage of its order."})
-    read_block_bytes: int = field(
-        default=DataConfig.read_block_bytes,
-        metadata={"help": "Uncompressed text and JSON lines files are read as blocks of this "
-                          "many bytes, in a fresh random order each epoch."})
-    blocks_mixed: int = field(
-        default=DataConfig.blocks_mixed,
-        metadata={"help": "Blocks read together whose lines are shuffled together (memory: "
-                          "about this many blocks)."})
-    text_column: str = field(
-        default="text", metadata={"help": "Column holding the text in json/csv/dataset sources."})
-    invalid_utf8: str = field(
-        default="error",
-        metadata={"help": "Lines of files that are not valid UTF-8: 'error' stops naming the "
-                          "file and line, 'replace' replaces the invalid bytes with U+FFFD."})
-    chinese_word_segmentation: Optional[str] = field(
-        default=None,
-        metadata={"help": "'jieba': segment Chinese on the fly for whole-word masking "
-                          "(instead of ref files)."})
-    max_eval_samples: Optional[int] = field(
-        default=None,
-        metadata={"help": "Evaluate on at most this many examples (of each validation source)."})
-    train_mixture: Optional[str] = field(
-        default=None,
-        metadata={"help": "Several named training sources instead of train_file/dataset_name: "
-                          "'name[column]=SPEC[:weight],...' (SPEC a file spec, tfds:NAME or "
-                          "hf:NAME), e.g. 'wiki=data/wiki/*.txt:0.6,books=data/books.jsonl:0.4'; "
-                          "in a JSON config, a list of objects (README: Mixtures). Needs "
-                          "max_steps."})
-    validation_mixture: Optional[str] = field(
-        default=None,
-        metadata={"help": "Named validation sources, in the form of train_mixture: each is "
-                          "evaluated on its own (eval/<name>/loss) and weighted into eval/loss. "
-                          "Default with a train_mixture: each source's validation_file or its "
-                          "held-out lines."})
-    mixture_temperature: Optional[float] = field(
-        default=None,
-        metadata={"help": "Draw the train_mixture's unweighted sources in proportion to "
-                          "size^(1/T) (XLM-R: T=3.3); a weighted source keeps its weight as a "
-                          "fixed share."})
-    mixture_sizes_from: str = field(
-        default="bytes",
-        metadata={"help": "Sizes for weights by size: 'bytes' (file sizes, no pass over the "
-                          "data) or 'lines' (one counting pass over each source)."})
 
     def __post_init__(self):
-        _check_positive("max_seq_length", self.max_seq_length)
-        _check_positive("max_predictions_per_seq", self.max_predictions_per_seq)
-        _check_positive("shuffle_buffer_size", self.shuffle_buffer_size)
-        _check_positive("read_block_bytes", self.read_block_bytes)
-        _check_positive("blocks_mixed", self.blocks_mixed)
-        if self.max_eval_samples is not None:
-            _check_positive("max_eval_samples", self.max_eval_samples)
-        for name in ("mlm_probability", "mask_replace_prob", "random_replace_prob"):
-            _check_fraction(name, getattr(self, name))
-        if self.mask_replace_prob + self.random_replace_prob > 1:
-            raise ValueError(
-                f"mask_replace_prob + random_replace_prob must be <= 1, got "
-                f"{self.mask_replace_prob} + {self.random_replace_prob}")
-        if not 0 <= self.validation_split_percentage < 100:
-            raise ValueError(f"validation_split_percentage must be in [0, 100), got "
-                             f"{self.validation_split_percentage}")
-        if self.chinese_word_segmentation is not None:
-            _check_choice("chinese_word_segmentation", self.chinese_word_segmentation,
-                          WORD_SEGMENTERS)
-        _check_choice("invalid_utf8", self.invalid_utf8, INVALID_UTF8)
+        super().__post_init__()
         self._check_mixtures()
 
     def _check_mixtures(self):
         """A mixture replaces the single-source data flags; it is parsed (and refused) here."""
-        _check_choice("mixture_sizes_from", self.mixture_sizes_from, SIZES_FROM)
         if self.train_mixture is None:
             if self.mixture_temperature is not None:
-                raise ValueError("mixture_temperature applies to a train_mixture, which is not "
+                raise InputError("mixture_temperature applies to a train_mixture, which is not "
                                  "set")
         else:
-            single = [name for name in MIXTURE_REPLACES if getattr(self, name) is not None]
+            single = [name for name in SOURCE_FIELDS if getattr(self, name) is not None]
             if single:
-                raise ValueError(
+                raise InputError(
                     f"train_mixture replaces {single[0]}: give each source's data in the "
                     f"mixture (its train_file or dataset_name, refs and validation_file), or "
                     f"drop train_mixture")
             parse_mixture(self.train_mixture, temperature=self.mixture_temperature)
         if self.validation_mixture is not None:
             if self.validation_file is not None:
-                raise ValueError("validation_mixture replaces validation_file: drop one")
+                raise InputError("validation_mixture replaces validation_file: drop one")
             parse_validation_mixture(self.validation_mixture)
 
 
-@dataclass
-class TrainingArguments:
-    """How to train: run_mlm_flax.py's TrainingArguments plus optimizer, step and cluster."""
+@dataclass(frozen=True, kw_only=True)
+class TrainingArguments(StepOptions):
+    """How to train: run_mlm_flax.py's TrainingArguments plus optimizer, step and cluster.
+
+    The step's own options (gradient accumulation, label smoothing, ...) are
+    StepOptions' fields. Frozen, as StepOptions is: the defaults that depend on
+    other flags are resolved once, in __post_init__.
+    """
 
     output_dir: str = field(
         metadata={"help": "Where checkpoints, logs and the exported model go."})
@@ -276,17 +186,6 @@ class TrainingArguments:
                           "--adafactor)."})
     max_grad_norm: float = field(
         default=1.0, metadata={"help": "Clip gradients to this global norm; 0 disables."})
-    gradient_accumulation_steps: int = field(
-        default=1,
-        metadata={"help": "Micro-batches per optimizer step, summed exactly as one big batch."})
-    label_smoothing: float = field(default=0.0, metadata={"help": "Label smoothing of the loss."})
-    full_mlm_head: bool = field(
-        default=False,
-        metadata={"help": "Compute the MLM head at every position and take the loss from "
-                          "'labels' (slower; by default only masked positions are computed)."})
-    skip_nonfinite_updates: bool = field(
-        default=False,
-        metadata={"help": "Skip (and count) updates whose loss or gradients are not finite."})
     save_total_limit: Optional[int] = field(
         default=None, metadata={"help": "Keep at most this many checkpoints (default: all)."})
     profile_steps: int = field(
@@ -323,33 +222,31 @@ class TrainingArguments:
         from trainer.schedules import (  # pylint: disable=import-outside-toplevel
             create_learning_rate_schedule)
 
-        self.output_dir = os.path.expanduser(self.output_dir)
+        super().__post_init__()  # the step's options
+        object.__setattr__(self, "output_dir", os.path.expanduser(self.output_dir))
         if self.eval_steps is None:
-            self.eval_steps = self.logging_steps
+            object.__setattr__(self, "eval_steps", self.logging_steps)
         if self.optimizer is None:
-            self.optimizer = "adafactor" if self.adafactor else "adamw"
-        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
+            object.__setattr__(self, "optimizer", "adafactor" if self.adafactor else "adamw")
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
         if self.adafactor and self.optimizer != "adafactor":
             raise ValueError(f"--adafactor contradicts --optimizer {self.optimizer}")
         for name in ("per_device_train_batch_size", "per_device_eval_batch_size",
-                     "logging_steps", "save_steps", "eval_steps", "gradient_accumulation_steps",
-                     "lr_steps_per_decay"):
-            _check_positive(name, getattr(self, name))
+                     "logging_steps", "save_steps", "eval_steps", "lr_steps_per_decay"):
+            check_positive(name, getattr(self, name))
         if self.global_train_batch_size is not None:
-            _check_positive("global_train_batch_size", self.global_train_batch_size)
+            check_positive("global_train_batch_size", self.global_train_batch_size)
         if self.save_total_limit is not None:
-            _check_positive("save_total_limit", self.save_total_limit)
+            check_positive("save_total_limit", self.save_total_limit)
         for name in ("warmup_steps", "max_grad_norm", "weight_decay", "profile_steps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        _check_choice("parallelism", self.parallelism, PARALLELISMS)
+        check_choice("parallelism", self.parallelism, PARALLELISMS)
         if self.mesh_shape is not None:
             if self.parallelism != "mesh":
                 raise ValueError("mesh_shape applies to --parallelism mesh only; add "
                                  "--parallelism mesh, or drop mesh_shape")
             parse_mesh_shape(self.mesh_shape)
-        if not 0 <= self.label_smoothing < 1:
-            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         # Fail on a misspelt factor now, not after the data and model have loaded.
         create_learning_rate_schedule(self.lr_schedule, base_learning_rate=self.learning_rate,
                                       warmup_steps=self.warmup_steps, total_steps=1)
@@ -357,12 +254,17 @@ class TrainingArguments:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
 
 
-# The single-source data flags that a train_mixture's sources replace.
-MIXTURE_REPLACES = ("train_file", "dataset_name", "dataset_config_name", "train_ref_file",
-                    "validation_file", "validation_ref_file")
 # Arguments that a JSON config may give as a list of objects (passed on as JSON text).
 JSON_LIST_FIELDS = ("train_mixture", "validation_mixture")
 ARGUMENT_CLASSES = (ModelArguments, DataTrainingArguments, TrainingArguments)
+# Fields that another class's flag of the same name sets: the data's seed is the run's --seed.
+FLAGS_OF_ANOTHER_SECTION = {DataTrainingArguments: ("seed",)}
+
+
+def flag_fields(cls):
+    """The fields of an argument class that are flags of its own, in their order."""
+    elsewhere = FLAGS_OF_ANOTHER_SECTION.get(cls, ())
+    return [f for f in dataclasses.fields(cls) if f.name not in elsewhere]
 
 
 DESCRIPTION = """\
@@ -451,7 +353,7 @@ def build_parser(prog=None):
                      formatter_class=argparse.RawDescriptionHelpFormatter)
     groups = {section: parser.add_argument_group(section) for section in SECTIONS}
     for cls in ARGUMENT_CLASSES:
-        for f in dataclasses.fields(cls):
+        for f in flag_fields(cls):
             kind = _value_type(f.type)
             options = {"help": _help_text(f)}
             if f.default is dataclasses.MISSING:
@@ -481,21 +383,6 @@ def _canonical_flags(argv):
     return canonical
 
 
-def _check_choice(name, value, choices):
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
-
-
-def _check_positive(name, value):
-    if value <= 0:
-        raise ValueError(f"{name} must be > 0, got {value}")
-
-
-def _check_fraction(name, value):
-    if not 0 <= value <= 1:
-        raise ValueError(f"{name} must be in [0, 1], got {value}")
-
-
 def _json_to_flags(path, parser):
     """A JSON config as command-line flags, so both forms get the same type checks."""
     try:
@@ -507,7 +394,7 @@ def _json_to_flags(path, parser):
         parser.error(f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}")
     if not isinstance(values, dict):
         parser.error(f"{path}: expected a JSON object of argument names and values")
-    known = {f.name for cls in ARGUMENT_CLASSES for f in dataclasses.fields(cls)}
+    known = {f.name for cls in ARGUMENT_CLASSES for f in flag_fields(cls)}
     unknown = sorted(set(values) - known - set(RENAMED_FLAGS))
     if unknown:
         parser.error(f"{path}: unknown arguments: {', '.join(unknown)}")
@@ -543,7 +430,7 @@ def parse_args(argv=None):
     namespace, unknown = parser.parse_known_args(_canonical_flags(argv))
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-    try:
+    try:  # every field from its flag (a FLAGS_OF_ANOTHER_SECTION field from the other's)
         parsed = tuple(
             cls(**{f.name: getattr(namespace, f.name)
                    for f in dataclasses.fields(cls) if f.init})
@@ -590,19 +477,19 @@ def per_device_train_batch(training_args, device_count):
 
 
 def data_config(data_args, training_args):
-    """The pipeline's settings, taken from the data arguments and the run seed."""
-    values = {f.name: getattr(data_args, f.name)
-              for f in dataclasses.fields(DataConfig) if f.name != "seed"}
-    return DataConfig(seed=training_args.seed, **values)
+    """The pipeline's settings: the data arguments less the flags without effect, the run seed."""
+    values = {f.name: getattr(data_args, f.name) for f in dataclasses.fields(DataConfig)}
+    return DataConfig(**{**values, "seed": training_args.seed})
 
 
 def hparams(*arguments):
-    """All arguments as one flat dict for logging, with secrets (tokens) hidden."""
+    """All arguments as one flat dict (a key per flag) for logging, with secrets hidden."""
     flat = {}
     for args in arguments:
-        for name, value in dataclasses.asdict(args).items():
-            secret = name == "token" or name.endswith("_token")
-            flat[name] = "<hidden>" if secret and value is not None else value
+        for f in flag_fields(type(args)):
+            value = getattr(args, f.name)
+            secret = f.name == "token" or f.name.endswith("_token")
+            flat[f.name] = "<hidden>" if secret and value is not None else value
     return flat
 
 

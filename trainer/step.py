@@ -18,7 +18,6 @@ devices hold the batch: both forms, on any number of devices, compute the
 same step up to the order of floating-point sums.
 """
 
-import dataclasses
 import functools
 from typing import Any
 
@@ -29,6 +28,7 @@ import optax
 from jax import lax
 
 from trainer.metrics import EvalMetrics, TrainMetrics
+from trainer.step_options import StepOptions
 
 AXIS = "batch"
 IGNORE_INDEX = -100
@@ -47,23 +47,6 @@ def create_train_state(params, tx, rng):
     """A fresh state at step 0 (unplaced: a feed lays it out for its step)."""
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       opt_state=tx.init(params), dropout_rng=rng)
-
-
-@dataclasses.dataclass(frozen=True)
-class StepOptions:
-    """The step's static settings (changing one recompiles)."""
-
-    label_smoothing: float = 0.0
-    gradient_accumulation_steps: int = 1
-    skip_nonfinite_updates: bool = False
-    full_mlm_head: bool = False
-
-    @classmethod
-    def from_args(cls, training_args):
-        return cls(label_smoothing=training_args.label_smoothing,
-                   gradient_accumulation_steps=training_args.gradient_accumulation_steps,
-                   skip_nonfinite_updates=training_args.skip_nonfinite_updates,
-                   full_mlm_head=training_args.full_mlm_head)
 
 
 def example_ids(rows, axis_name=AXIS):
