@@ -79,8 +79,6 @@ def block_table(files, block_bytes=BLOCK_BYTES, process_count=1):
     Blocks are at most block_bytes; smaller when the corpus is small, so that
     each of process_count hosts gets about MIN_BLOCKS_PER_HOST of them.
     """
-    if block_bytes < 1:
-        raise InputError(f"read_block_bytes must be positive, not {block_bytes}")
     if any(f.startswith("gs://") for f in files) and _GCS_READAHEAD not in os.environ:
         logging.getLogger(__name__).warning(
             "gs:// text is read in blocks, and TensorFlow fetches up to 64 MB for each block "
@@ -223,8 +221,6 @@ def epoch_batches(table, epoch, read, *, seed, shuffle, process_index, process_c
     blocks_mixed calls in flight. Without shuffle, blocks in file order; with
     it, in the epoch's order, blocks_mixed blocks' lines permuted together.
     """
-    if blocks_mixed < 1:
-        raise InputError(f"blocks_mixed must be positive, not {blocks_mixed}")
     order = epoch_order(table, epoch, seed=seed, shuffle=shuffle, process_index=process_index,
                         process_count=process_count)
     lines = order.map(read, num_parallel_calls=blocks_mixed, deterministic=True)
