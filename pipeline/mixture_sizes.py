@@ -28,6 +28,7 @@ import os
 import tensorflow as tf
 
 from pipeline import formats, sources
+from pipeline.config import SIZES_FROM
 from pipeline.errors import InputError
 
 
@@ -38,6 +39,9 @@ def source_size(config, sizes_from="bytes"):
     Call it once the source's dataset is built: building checks that the data
     exists and has its text column, with the pipeline's own messages.
     """
+    if sizes_from not in SIZES_FROM:
+        raise InputError(f"mixture_sizes_from: expected one of {', '.join(SIZES_FROM)}, "
+                         f"got {sizes_from!r}")
     if config.dataset_name and config.dataset_name.startswith("tfds:"):
         return _tfds_size(config, sizes_from)
     if config.dataset_name:
