@@ -5,9 +5,10 @@ pipeline/config.py's DataConfig fields, the step's are trainer/step_options.py's
 StepOptions fields, each with its default, help text and check; this module
 adds the model's and the run's, and the command line's machinery (grouped
 --help, a JSON config with flags on top). Field names and defaults follow
-Hugging Face's run_mlm_flax.py so that its commands and JSON files keep working; flags it accepts that mean nothing here
-are still accepted and named in one warning line. Where run_mlm_flax.py would
-crash on a missing value (max_seq_length, eval_steps) we pick a default.
+Hugging Face's run_mlm_flax.py so that its commands and JSON files keep
+working; flags it accepts that mean nothing here are still accepted and named
+in one warning line. Where run_mlm_flax.py would crash on a missing value
+(max_seq_length, eval_steps) we pick a default.
 """
 
 import argparse
