@@ -132,6 +132,22 @@ def assert_same_state(got, want):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+def test_a_resumed_run_restores_into_shapes_alone(tmp_path):
+    """feed.state_shapes (nothing initialised) is a restore target for pmap and a mesh."""
+    host = jax.device_get(train_state())
+    pmap = feed.PmapFeed()
+    data = feed.DataIterator(shuffled_batches())
+    ckpt = checkpoints.Checkpoints(tmp_path)
+    ckpt.save(1, pmap.saveable(pmap.place_state(host)), data, wait=True)
+    shapes = feed.state_shapes(jax.eval_shape(lambda: host.params), optax.adam(0.1),
+                               jax.random.PRNGKey(0))
+    assert all(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(shapes))
+    fsdp8 = feed.MeshFeed(mesh_lib.create_mesh({"data": 1, "fsdp": 8}))
+    for layout in (pmap, fsdp8):
+        assert_same_state(ckpt.restore(layout.restore_target(shapes), data), host)
+    ckpt.close()
+
+
 def test_state_restores_across_meshes_and_pmap(tmp_path):
     """Sharded (data=2,fsdp=4) -> host arrays (pmap) and a 4-device mesh; host -> fsdp=8."""
     host = jax.device_get(train_state())
