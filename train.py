@@ -66,20 +66,25 @@ def initialize_distributed(training_args):
         jax.distributed.initialize()
 
 
-def create_model(model_args, data_args, tokenizer, seed):
-    """(module, params): a checkpoint's, or a new model sized for the tokenizer."""
+def create_model(model_args, data_args, tokenizer, seed, shapes_only=False):
+    """(module, params): a checkpoint's, or a new model sized for the tokenizer.
+
+    With shapes_only (a resumed run, whose values come from its own
+    checkpoint), params are shapes and dtypes: nothing is read or initialised.
+    """
     dtype = jnp.dtype(model_args.dtype)
     if model_args.model_name_or_path:
         module, params = model.from_pretrained(
             model_args.model_name_or_path, dtype=dtype,
-            config_overrides=model_args.config_overrides)
+            config_overrides=model_args.config_overrides, shapes_only=shapes_only)
     else:
         config = configuration.load_config(
             model_args.config_name or {"model_type": model_args.model_type or "bert"})
         configuration.apply_overrides(config, model_args.config_overrides)
         config.vocab_size = len(tokenizer)
         config.pad_token_id = tokenizer.pad_token_id
-        module, params = model.from_config(config, seed=seed, dtype=dtype)
+        module, params = model.from_config(config, seed=seed, dtype=dtype,
+                                           shapes_only=shapes_only)
     config = module.config
     if len(tokenizer) > config.vocab_size:
         raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but the model's "
@@ -285,8 +290,13 @@ def train_and_evaluate(model_args, data_args, training_args):
         raise ValueError("tokenizer_name is required when training from scratch "
                          "(no model_name_or_path)")
     tokenizer = inputs.load_tokenizer(tokenizer_name)
+    # Read before anything is written (resuming, output_dir is claimed only after the restore).
+    ckpt = (checkpoints.Checkpoints(output_dir, save_total_limit=training_args.save_total_limit)
+            if resume else None)
+    restoring = ckpt is not None and ckpt.latest_step is not None
     with jax.default_device(feed.build_device):
-        module, params = create_model(model_args, data_args, tokenizer, training_args.seed)
+        module, params = create_model(model_args, data_args, tokenizer, training_args.seed,
+                                      shapes_only=restoring)
 
     # Data.
     data_config = args_lib.data_config(data_args, training_args)
@@ -316,7 +326,10 @@ def train_and_evaluate(model_args, data_args, training_args):
     # Optimizer, state, and the steps (pmapped, or jitted over the mesh).
     learning_rate_fn = schedules.schedule_from_args(training_args, max(total_steps, 1))
     tx = optimizers.create_optimizer(training_args, learning_rate_fn)
-    state = feed.init_state(params, tx, jax.random.PRNGKey(training_args.seed))
+    rng = jax.random.PRNGKey(training_args.seed)
+    # Restoring, the state is shapes until the checkpoint's values arrive: no compile for it.
+    state = (feed_lib.state_shapes(params, tx, rng) if restoring
+             else feed.init_state(params, tx, rng))
     del params
     options = step_lib.StepOptions.from_args(training_args)
     p_train_step = feed.train_step(state, module.apply, tx, learning_rate_fn, options)
@@ -329,12 +342,12 @@ def train_and_evaluate(model_args, data_args, training_args):
                               overwrite=training_args.overwrite_output_dir, run_args=hparams)
     if not resume:
         claim()
-    ckpt = checkpoints.Checkpoints(output_dir, save_total_limit=training_args.save_total_limit)
+        ckpt = checkpoints.Checkpoints(output_dir,
+                                       save_total_limit=training_args.save_total_limit)
     start_step = 0
     earlier_args = run_dir.check_resumed_arguments(
-        output_dir, hparams, restoring=ckpt.latest_step is not None,
-        training=do_train) if resume else None
-    if resume and ckpt.latest_step is not None:
+        output_dir, hparams, restoring=restoring, training=do_train) if resume else None
+    if restoring:
         start_step = ckpt.latest_step
         # Laid out as the step's output: no second compile.
         state = feed.place_state(ckpt.restore(feed.restore_target(state), train_data, start_step))

@@ -38,7 +38,7 @@ import optax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import model  # noqa: E402
-from model import checkpoint_io, configuration  # noqa: E402
+from model import build as model_build, configuration  # noqa: E402
 from trainer import feed, optimizers, schedules  # noqa: E402
 from trainer import mesh as mesh_lib, step as step_lib  # noqa: E402
 from trainer.args import TrainingArguments  # noqa: E402
@@ -157,8 +157,8 @@ def shard_bytes(tree, shardings):
 
 def mesh_memory(config_name, mesh_shapes, batch, dtype):
     """Per-device bytes of train.py's mesh step for each mesh shape, compiled, never run."""
-    module = checkpoint_io.build(configuration.load_config(model_config(config_name)), dtype)
-    params = jax.eval_shape(lambda: checkpoint_io.init_params(module))
+    module = model_build.build(configuration.load_config(model_config(config_name)), dtype)
+    params = model_build.param_shapes(module)
     training_args = TrainingArguments(output_dir="unused", learning_rate=1e-4,
                                       weight_decay=0.01, warmup_steps=10)
     schedule = schedules.schedule_from_args(training_args, total_steps=1000)

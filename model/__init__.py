@@ -7,10 +7,12 @@ submodule (model.configuration's SUPPORTED_MODEL_TYPES, named in train.py's
 
 import importlib
 
-__all__ = ["from_config", "from_pretrained", "save_pretrained"]
+_HOMES = {"from_config": "model.build", "from_pretrained": "model.checkpoint_io",
+          "save_pretrained": "model.checkpoint_io"}
+__all__ = list(_HOMES)
 
 
 def __getattr__(name):
-    if name in __all__:
-        return getattr(importlib.import_module("model.checkpoint_io"), name)
+    if name in _HOMES:
+        return getattr(importlib.import_module(_HOMES[name]), name)
     raise AttributeError(f"module 'model' has no attribute {name!r}")

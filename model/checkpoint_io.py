@@ -1,4 +1,4 @@
-"""Model construction from configs, and Hugging Face checkpoint import and export.
+"""Hugging Face checkpoint import and export.
 
 Our parameter tree mirrors the PyTorch module names, so a Flax path maps to
 a PyTorch name by joining with "." and renaming the leaf (Dense `kernel`
@@ -8,7 +8,6 @@ aliases) is normalised on the PyTorch side before matching.
 """
 
 import copy
-import functools
 import json
 import logging
 import os
@@ -21,6 +20,7 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from model import bert, configuration
+from model.build import build, init_params, param_shapes
 
 logger = logging.getLogger(__name__)
 
@@ -29,29 +29,6 @@ WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json",
 ARCHITECTURES = {"bert": "BertForMaskedLM", "roberta": "RobertaForMaskedLM",
                  "xlm-roberta": "XLMRobertaForMaskedLM"}
 _LEAF_NAMES = {"kernel": "weight", "embedding": "weight", "scale": "weight", "bias": "bias"}
-
-
-def build(config, dtype=jnp.float32):
-    return bert.ForMaskedLM(config, dtype=dtype)
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _init(module, rng):
-    # lazy_init skips the forward pass that init would run on a dummy batch;
-    # jit with the (hashable) module static reuses the compilation for equal models.
-    ids = jax.ShapeDtypeStruct((1, 2), jnp.int32)
-    return module.lazy_init(rng, ids, ids)["params"]
-
-
-def init_params(module, seed=0):
-    """Fresh BERT-initialised float32 parameters."""
-    return _init(module, jax.random.key(seed))
-
-
-def from_config(config_or_path, seed=0, dtype=jnp.float32):
-    """A randomly initialised model for training from scratch: (module, params)."""
-    module = build(configuration.load_config(config_or_path), dtype)
-    return module, init_params(module, seed)
 
 
 def torch_names(params):
@@ -165,16 +142,20 @@ def load_params(state, expected, source):
     return flat, missing, unexpected
 
 
-def from_pretrained(path, dtype=jnp.float32, config_overrides=None, seed=0):
+def from_pretrained(path, dtype=jnp.float32, config_overrides=None, seed=0, shapes_only=False):
     """Load a Hugging Face MLM (or bare encoder) checkpoint directory: (module, params).
 
     Weights missing from the checkpoint (e.g. the MLM head of a bare
-    BertModel) are initialised from `seed` and listed in a warning.
+    BertModel) are initialised from `seed` and listed in a warning. With
+    shapes_only, the weights are not read: params are build.param_shapes.
     """
     path = os.fspath(path)
     config = configuration.apply_overrides(configuration.load_config(path), config_overrides)
     module = build(config, dtype)
-    expected = torch_names(jax.eval_shape(_init, module, jax.random.key(seed)))
+    shapes = param_shapes(module)
+    if shapes_only:
+        return module, shapes
+    expected = torch_names(shapes)
     state = normalise_names(read_state_dict(path), config)
     flat, missing, unexpected = load_params(state, expected, path)
     if unexpected:

@@ -15,6 +15,11 @@ padding) of width max_predictions_per_seq. Padding examples have weight 0.
 The training iterator's state is checkpointable with tf.train.Checkpoint:
 the tokenizer call is a pure `numpy_function`, so the external-state policy
 is IGNORE, and all randomness is stateless.
+
+The stages are written as graph code (tf.cond, tf.while_loop, no Python
+branching on tensors), so AutoGraph's conversion of every mapped function,
+seconds at each start of a run, is switched off for the datasets built here
+(`do_not_convert` on the functions that build them).
 """
 
 import functools
@@ -115,6 +120,7 @@ def _finish(ds, config, host_batch):
     return sources.checkpointable(ds.prefetch(tf.data.AUTOTUNE)).with_options(options)
 
 
+@tf.autograph.experimental.do_not_convert
 def train_dataset(config, tokenizer, *, per_device_batch_size, local_device_count,
                   process_index=0, process_count=1, num_epochs=None):
     """This host's training batches; infinite when num_epochs is None, fresh masks per epoch.
@@ -199,6 +205,7 @@ def _pad_batch(host_batch, widths, pad_id):
     return pad, blank
 
 
+@tf.autograph.experimental.do_not_convert
 def eval_dataset(config, tokenizer, *, per_device_batch_size, local_device_count,
                  process_index=0, process_count=1, num_batches=None):
     """This host's validation batches: every example once, fixed masks, weight-0 padding.
@@ -218,6 +225,7 @@ def eval_dataset(config, tokenizer, *, per_device_batch_size, local_device_count
     return _finish(ds, config, host_batch)
 
 
+@tf.autograph.experimental.do_not_convert
 def count_eval_batches(config, tokenizer, *, per_device_batch_size, local_device_count,
                        process_index=0, process_count=1):
     """How many batches eval_dataset yields on this host (one pass over its validation data)."""

@@ -132,6 +132,22 @@ def assert_same_state(got, want):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+def test_a_resumed_run_restores_into_shapes_alone(tmp_path):
+    """feed.state_shapes (nothing initialised) is a restore target for pmap and a mesh."""
+    host = jax.device_get(train_state())
+    pmap = feed.PmapFeed()
+    data = feed.DataIterator(shuffled_batches())
+    ckpt = checkpoints.Checkpoints(tmp_path)
+    ckpt.save(1, pmap.saveable(pmap.place_state(host)), data, wait=True)
+    shapes = feed.state_shapes(jax.eval_shape(lambda: host.params), optax.adam(0.1),
+                               jax.random.PRNGKey(0))
+    assert all(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(shapes))
+    fsdp8 = feed.MeshFeed(mesh_lib.create_mesh({"data": 1, "fsdp": 8}))
+    for layout in (pmap, fsdp8):
+        assert_same_state(ckpt.restore(layout.restore_target(shapes), data), host)
+    ckpt.close()
+
+
 def test_state_restores_across_meshes_and_pmap(tmp_path):
     """Sharded (data=2,fsdp=4) -> host arrays (pmap) and a 4-device mesh; host -> fsdp=8."""
     host = jax.device_get(train_state())
@@ -144,11 +160,11 @@ def test_state_restores_across_meshes_and_pmap(tmp_path):
     ckpt.save(1, fsdp4.saveable(state), data, wait=True)
 
     pmap = feed.PmapFeed()
-    as_host = ckpt.restore(pmap.restore_target(pmap.place_state(host)), data)
+    as_host = ckpt.restore(pmap.restore_target(host), data)
     assert isinstance(as_host.params["dense"]["kernel"], np.ndarray)
     assert_same_state(as_host, host)
     four = feed.MeshFeed(mesh_lib.create_mesh({"data": 4, "fsdp": 1}, jax.devices()[:4]))
-    on_four = ckpt.restore(four.restore_target(four.place_state(host)), data)
+    on_four = ckpt.restore(four.restore_target(host), data)
     assert on_four.params["dense"]["kernel"].sharding == four.shardings(on_four).params[
         "dense"]["kernel"]
     assert_same_state(on_four, host)
@@ -157,7 +173,7 @@ def test_state_restores_across_meshes_and_pmap(tmp_path):
     ckpt = checkpoints.Checkpoints(tmp_path / "pmap")
     ckpt.save(1, pmap.saveable(pmap.place_state(host)), data, wait=True)
     fsdp8 = feed.MeshFeed(mesh_lib.create_mesh({"data": 1, "fsdp": 8}))
-    target = fsdp8.restore_target(fsdp8.place_state(host))
+    target = fsdp8.restore_target(host)
     on_eight = ckpt.restore(target, data)
     ckpt.close()
     assert {s.data.shape for s in on_eight.params["dense"]["kernel"].addressable_shards} == {

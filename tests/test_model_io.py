@@ -70,6 +70,21 @@ def test_missing_config_file(tmp_path):
         model.from_config(tmp_path)
 
 
+def test_shapes_only_reads_and_initialises_nothing(exported, tmp_path):
+    """What a resumed run builds: the model's shapes, even where the weights could not load."""
+    directory, module, params = exported
+    want = jax.tree.map(lambda x: (x.shape, x.dtype), params)
+    _, shapes = model.from_config(module.config, shapes_only=True)
+    assert all(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(shapes))
+    assert jax.tree.map(lambda x: (x.shape, x.dtype), shapes) == want
+    unreadable = tmp_path / "unreadable"
+    unreadable.mkdir()
+    (unreadable / "config.json").write_text((directory / "config.json").read_text())
+    (unreadable / "model.safetensors").write_bytes(b"not safetensors")
+    _, shapes = model.from_pretrained(unreadable, shapes_only=True)
+    assert jax.tree.map(lambda x: (x.shape, x.dtype), shapes) == want
+
+
 def test_export_writes_config_and_import_is_bitwise(exported):
     directory, module, params = exported
     config = json.loads((directory / "config.json").read_text())

@@ -91,6 +91,15 @@ def create(parallelism: str, mesh_shape=None):
     return MeshFeed(mesh_lib.create_mesh(sizes))
 
 
+def state_shapes(params, tx, rng):
+    """The fresh train state's shapes and dtypes, unplaced, computing nothing.
+
+    What a resumed run restores into (a feed's restore_target): its values
+    come from the checkpoint, so none is initialised or compiled for.
+    """
+    return jax.eval_shape(lambda p, r: step_lib.create_train_state(p, tx, r), params, rng)
+
+
 def _identity(tree):
     return tree
 
@@ -152,8 +161,11 @@ class PmapFeed:
         """What a checkpoint holds: one replica, on the host."""
         return self.to_host(state)
 
-    def restore_target(self, state):
-        return self.to_host(state)
+    @staticmethod
+    def restore_target(shapes):
+        """Host arrays of the unplaced state's shapes (state_shapes, or a host state): Orbax
+        restores one replica as numpy (np.zeros allocates lazily)."""
+        return jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), shapes)
 
     def describe(self, state) -> str:
         return (f"pmap over {jax.device_count()} devices, each holding the whole train state "
@@ -197,7 +209,7 @@ class MeshFeed:
         def create(params, rng):
             return step_lib.create_train_state(params, tx, rng)
 
-        shardings = self.shardings(jax.eval_shape(create, params, rng))
+        shardings = self.shardings(state_shapes(params, tx, rng))
         return jax.jit(create, out_shardings=shardings)(
             self._place(params, shardings.params), self._place(rng, self._replicated))
 
@@ -234,10 +246,11 @@ class MeshFeed:
         """What a checkpoint holds: the sharded arrays themselves (each process writes its own)."""
         return state
 
-    def restore_target(self, state):
-        """Shapes, dtypes and this mesh's shardings: Orbax reads each device's shards only."""
+    def restore_target(self, shapes):
+        """The unplaced state's shapes (state_shapes, or a host state) with this mesh's
+        shardings: Orbax reads each device's shards only."""
         return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                            state, self.shardings(state))
+                            shapes, self.shardings(shapes))
 
     def describe(self, state) -> str:
         fsdp = self.mesh.shape["fsdp"]
