@@ -21,6 +21,7 @@ from typing import Optional
 # and answers --help, before those load.
 from model.configuration import SUPPORTED_MODEL_TYPES
 from pipeline.config import INVALID_UTF8, SIZES_FROM, DataConfig
+from pipeline.errors import UserError
 from pipeline.mixture_spec import parse_mixture, parse_validation_mixture
 
 logger = logging.getLogger(__name__)
@@ -582,7 +583,7 @@ def per_device_train_batch(training_args, device_count):
         return training_args.per_device_train_batch_size
     parts = device_count * training_args.gradient_accumulation_steps
     if total % parts:
-        raise ValueError(
+        raise UserError(
             f"global_train_batch_size {total} cannot be split over {device_count} devices x "
             f"{training_args.gradient_accumulation_steps} gradient accumulation steps: it "
             f"must be a multiple of {parts}")
