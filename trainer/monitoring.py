@@ -26,7 +26,7 @@ def configure_console_logging():
 
 
 class ConsoleWriter(logging_writer.LoggingWriter):
-    """CLU's metric lines (`[step] name=value, ...`, worded as its LoggingWriter's), on the console."""
+    """CLU's metric lines (`[step] name=value, ...`, as its LoggingWriter words them) here."""
 
     def write_scalars(self, step: int, scalars):
         values = [f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}"
