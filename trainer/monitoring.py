@@ -125,10 +125,10 @@ class ProgressBar:
 class Monitor:
     """TensorBoard + console writer, progress report, optional profile, and the train bar.
 
-    Only process 0 writes TensorBoard files and draws bars; the others log
+    Only process 0 writes TensorBoard files and draws bars; the others show
     their metrics lines, as CLU's `just_logging` intends. The writer is
-    synchronous: it runs only at logging steps, and its console line must not
-    land in the middle of the redrawn bar.
+    synchronous: it runs only at logging steps, and its console line clears
+    the redrawn bar first (trainer/console.py).
     """
 
     def __init__(self, logdir: str, *, total_steps: int, start_step: int, logging_steps: int,
