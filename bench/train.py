@@ -171,7 +171,7 @@ def state_and_step(devices_feed, module, params, tx, schedule):
                                           step_lib.StepOptions())
 
 
-def main(argv=None):
+def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", choices=sorted(BENCH_MODEL.CONFIGS), default="small")
     parser.add_argument("--seconds", type=float, default=60,
@@ -187,31 +187,117 @@ def main(argv=None):
                         help="with --save_steps: save to gs:// on a local fake-gcs-server")
     parser.add_argument("--parallelism", choices=["pmap", "mesh"], default="pmap")
     parser.add_argument("--mesh_shape", default="data=-1")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def set_up(args, tmp):
+    """(module, params, tx, schedule, feed, DataIterator): the model and its streamed data."""
+    text = os.path.join(tmp, "stdlib.txt")
+    corpus.write_corpus(text)
+    tokenizer = vocab.train_wordpiece([text], vocab_size=8000)
+    data_config = DataConfig(train_file=text, max_seq_length=BENCH_MODEL.SEQ_LEN,
+                             max_predictions_per_seq=BENCH_MODEL.MAX_PREDICTIONS)
+    module, params = model.from_config(
+        BENCH_MODEL.model_config(args.config, vocab_size=len(tokenizer)))
+    training_args = TrainingArguments(output_dir=tmp, learning_rate=1e-4, warmup_steps=10,
+                                      weight_decay=0.01)
+    schedule = schedules.schedule_from_args(training_args, total_steps=100_000)
+    tx = optimizers.create_optimizer(training_args, schedule)
+    devices_feed = feed_lib.create(args.parallelism, args.mesh_shape)
+    data = feed_lib.DataIterator(inputs.train_dataset(
+        data_config, tokenizer, per_device_batch_size=args.batch,
+        local_device_count=jax.local_device_count()))
+    return module, params, tx, schedule, devices_feed, data
+
+
+def pmap_rival(module, params, tx, schedule, host_batches):
+    """(step, state, batches in memory) of the pmapped step, compiled: the mesh step's limit."""
+    pmap = feed_lib.PmapFeed()
+    state, p_train_step = state_and_step(pmap, module, params, tx, schedule)
+    memory = cycle([pmap.place_batch(batch) for batch in host_batches])
+    state, _, _ = run_steps(p_train_step, state, memory, 0)  # compile
+    return p_train_step, state, memory
+
+
+def alternate_rounds(args, p_train_step, state, streamed, memory, rival=None):
+    """Short rounds of the streamed and the in-memory feed (and of the pmapped rival), in turn.
+
+    Returns {feed: [steps, seconds]}, the pipeline/memory rate ratio of each
+    pair of rounds, and the mesh/pmap ratio of each round (with a rival).
+    """
+    totals = {"pipeline": [0, 0.0], "memory": [0, 0.0]}
+    if rival:
+        rival_step, rival_state, rival_memory = rival
+        totals["pmap_memory"] = [0, 0.0]
+    pair_ratios, mesh_ratios = [], []
+    for _ in range(max(1, round(args.seconds / (len(totals) * args.round_seconds)))):
+        rate = {}
+        for name, batches in (("pipeline", streamed), ("memory", memory)):
+            state, steps, elapsed = run_steps(p_train_step, state, batches,
+                                              args.round_seconds)
+            totals[name][0] += steps
+            totals[name][1] += elapsed
+            rate[name] = steps / elapsed
+        pair_ratios.append(rate["pipeline"] / rate["memory"])
+        if rival:
+            rival_state, steps, elapsed = run_steps(rival_step, rival_state, rival_memory,
+                                                    args.round_seconds)
+            totals["pmap_memory"][0] += steps
+            totals["pmap_memory"][1] += elapsed
+            mesh_ratios.append(rate["memory"] / (steps / elapsed))
+    return totals, pair_ratios, mesh_ratios
+
+
+def pipeline_alone(data, seconds):
+    """Host batches per second that the pipeline yields with no training."""
+    start, fetched = time.perf_counter(), 0
+    while time.perf_counter() - start < min(5.0, seconds / 6):
+        next(data)
+        fetched += 1
+    return fetched / (time.perf_counter() - start)
+
+
+def input_bound_figures(args, module, devices_feed, totals, pair_ratios, mesh_ratios,
+                        alone):
+    """The JSON figures of the input-bound measurement."""
+    devices, seq_len = jax.local_device_count(), BENCH_MODEL.SEQ_LEN
+    peak = BENCH_MODEL.matmul_flop_s(5) * devices
+    tokens_per_step = args.batch * devices * seq_len
+    flops_per_step = BENCH_MODEL.model_flops(module.config, args.batch * devices, gather=True)
+    rates = {name: steps / elapsed for name, (steps, elapsed) in totals.items()}
+    sig = BENCH_MODEL.sig
+    mesh = {} if args.parallelism == "pmap" else {
+        "mesh": devices_feed.description,
+        "pmap_tokens_per_s_memory": sig(rates["pmap_memory"] * tokens_per_step),
+        "mesh_vs_pmap": sig(float(np.median(mesh_ratios))), "goal_mesh_vs_pmap": 0.95}
+    return {
+        "bench": "train_input_bound", "config": args.config, "seconds": args.seconds,
+        "parallelism": args.parallelism, "device": jax.devices()[0].device_kind,
+        "local_devices": devices,
+        "cpu_count": os.cpu_count(), "batch_per_device": args.batch, "seq_len": seq_len,
+        "steps": {name: steps for name, (steps, _) in totals.items()},
+        "tokens_per_s_pipeline": sig(rates["pipeline"] * tokens_per_step),
+        "tokens_per_s_memory": sig(rates["memory"] * tokens_per_step),
+        "ratio": sig(float(np.median(pair_ratios))),
+        "ratio_of_totals": sig(rates["pipeline"] / rates["memory"]),
+        "goal_ratio": 0.95,
+        "pipeline_alone_tokens_per_s": sig(alone * tokens_per_step),
+        "matmul_f32_flop_s": sig(peak),
+        "mfu_pipeline": sig(rates["pipeline"] * flops_per_step / peak),
+        "mfu_memory": sig(rates["memory"] * flops_per_step / peak),
+        **mesh,
+    }
+
+
+def main(argv=None):
+    args = parse_args(argv)
     if args.gcs_emulator:
         run_with_gcs_emulator(sys.argv[1:] if argv is None else argv)
     tf.config.set_visible_devices([], "GPU")
 
     with tempfile.TemporaryDirectory() as tmp:
-        text = os.path.join(tmp, "stdlib.txt")
-        corpus.write_corpus(text)
-        tokenizer = vocab.train_wordpiece([text], vocab_size=8000)
-        seq_len, predictions = BENCH_MODEL.SEQ_LEN, BENCH_MODEL.MAX_PREDICTIONS
-        data_config = DataConfig(train_file=text, max_seq_length=seq_len,
-                                 max_predictions_per_seq=predictions)
-        module, params = model.from_config(
-            BENCH_MODEL.model_config(args.config, vocab_size=len(tokenizer)))
-
-        training_args = TrainingArguments(output_dir=tmp, learning_rate=1e-4, warmup_steps=10,
-                                          weight_decay=0.01)
-        schedule = schedules.schedule_from_args(training_args, total_steps=100_000)
-        tx = optimizers.create_optimizer(training_args, schedule)
-        devices_feed = feed_lib.create(args.parallelism, args.mesh_shape)
+        module, params, tx, schedule, devices_feed, data = set_up(args, tmp)
         state, p_train_step = state_and_step(devices_feed, module, params, tx, schedule)
-
-        devices = jax.local_device_count()
-        data = feed_lib.DataIterator(inputs.train_dataset(
-            data_config, tokenizer, per_device_batch_size=args.batch, local_device_count=devices))
         streamed = data.to_device(devices_feed.place_batch)
         state, _, _ = run_steps(p_train_step, state, streamed, 0)  # compile
         state, _, _ = run_steps(p_train_step, state, streamed, 2)  # warm up tf.data
@@ -225,66 +311,18 @@ def main(argv=None):
             print(json.dumps({
                 "bench": "train_save_stall", "config": args.config,
                 "save_dir": "gs (emulator)" if str(args.save_dir).startswith("gs://")
-                else "local", "cpu_count": os.cpu_count(), "local_devices": devices,
+                else "local", "cpu_count": os.cpu_count(),
+                "local_devices": jax.local_device_count(),
                 **save_stall_figures(steps, save_calls, state_bytes(devices_feed, state),
                                      args.save_steps)}))
             return
-        totals = {"pipeline": [0, 0.0], "memory": [0, 0.0]}
-        if args.parallelism == "mesh":  # the pmapped step, in the same rounds, is the limit
-            pmap = feed_lib.PmapFeed()
-            pmap_state, pmap_step = state_and_step(pmap, module, params, tx, schedule)
-            pmap_memory = cycle([pmap.place_batch(batch) for batch in host_batches])
-            pmap_state, _, _ = run_steps(pmap_step, pmap_state, pmap_memory, 0)  # compile
-            totals["pmap_memory"] = [0, 0.0]
-        pair_ratios, mesh_ratios = [], []
-        for _ in range(max(1, round(args.seconds / (len(totals) * args.round_seconds)))):
-            rate = {}
-            for name, batches in (("pipeline", streamed), ("memory", memory)):
-                state, steps, elapsed = run_steps(p_train_step, state, batches,
-                                                  args.round_seconds)
-                totals[name][0] += steps
-                totals[name][1] += elapsed
-                rate[name] = steps / elapsed
-            pair_ratios.append(rate["pipeline"] / rate["memory"])
-            if args.parallelism == "mesh":
-                pmap_state, steps, elapsed = run_steps(pmap_step, pmap_state, pmap_memory,
-                                                       args.round_seconds)
-                totals["pmap_memory"][0] += steps
-                totals["pmap_memory"][1] += elapsed
-                mesh_ratios.append(rate["memory"] / (steps / elapsed))
-
-        start, fetched = time.perf_counter(), 0
-        while time.perf_counter() - start < min(5.0, args.seconds / 6):
-            next(data)
-            fetched += 1
-        pipeline_alone = fetched / (time.perf_counter() - start)
-
-    peak = BENCH_MODEL.matmul_flop_s(5) * devices
-    tokens_per_step = args.batch * devices * seq_len
-    flops_per_step = BENCH_MODEL.model_flops(module.config, args.batch * devices, gather=True)
-    rates = {name: steps / elapsed for name, (steps, elapsed) in totals.items()}
-    sig = BENCH_MODEL.sig
-    mesh = {} if args.parallelism == "pmap" else {
-        "mesh": devices_feed.description,
-        "pmap_tokens_per_s_memory": sig(rates["pmap_memory"] * tokens_per_step),
-        "mesh_vs_pmap": sig(float(np.median(mesh_ratios))), "goal_mesh_vs_pmap": 0.95}
-    print(json.dumps({
-        "bench": "train_input_bound", "config": args.config, "seconds": args.seconds,
-        "parallelism": args.parallelism, "device": jax.devices()[0].device_kind,
-        "local_devices": devices,
-        "cpu_count": os.cpu_count(), "batch_per_device": args.batch, "seq_len": seq_len,
-        "steps": {name: steps for name, (steps, _) in totals.items()},
-        "tokens_per_s_pipeline": sig(rates["pipeline"] * tokens_per_step),
-        "tokens_per_s_memory": sig(rates["memory"] * tokens_per_step),
-        "ratio": sig(float(np.median(pair_ratios))),
-        "ratio_of_totals": sig(rates["pipeline"] / rates["memory"]),
-        "goal_ratio": 0.95,
-        "pipeline_alone_tokens_per_s": sig(pipeline_alone * tokens_per_step),
-        "matmul_f32_flop_s": sig(peak),
-        "mfu_pipeline": sig(rates["pipeline"] * flops_per_step / peak),
-        "mfu_memory": sig(rates["memory"] * flops_per_step / peak),
-        **mesh,
-    }))
+        rival = (pmap_rival(module, params, tx, schedule, host_batches)
+                 if args.parallelism == "mesh" else None)  # the pmapped step, the same rounds
+        totals, pair_ratios, mesh_ratios = alternate_rounds(args, p_train_step, state, streamed,
+                                                            memory, rival)
+        alone = pipeline_alone(data, args.seconds)
+    print(json.dumps(input_bound_figures(args, module, devices_feed, totals, pair_ratios,
+                                         mesh_ratios, alone)))
 
 
 if __name__ == "__main__":

@@ -15,6 +15,8 @@ import jax.numpy as jnp
 from jax import lax
 from jax.extend.random import threefry2x32_p
 
+from pipeline.errors import UserError
+
 ACTIVATIONS = {
     "gelu": functools.partial(jax.nn.gelu, approximate=False),
     "gelu_new": functools.partial(jax.nn.gelu, approximate=True),
@@ -30,8 +32,8 @@ ACTIVATIONS = {
 
 def activation(name):
     if name not in ACTIVATIONS:
-        raise ValueError(f"config field hidden_act: unsupported activation {name!r}; "
-                         f"supported: {', '.join(sorted(ACTIVATIONS))}")
+        raise UserError(f"config field hidden_act: unsupported activation {name!r}; "
+                        f"supported: {', '.join(sorted(ACTIVATIONS))}")
     return ACTIVATIONS[name]
 
 

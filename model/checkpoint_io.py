@@ -21,6 +21,7 @@ from safetensors.numpy import save_file
 
 from model import bert, configuration
 from model.build import build, init_params, param_shapes
+from pipeline.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -65,8 +66,8 @@ def _read_torch_bin(path):
     try:
         import torch
     except ImportError as e:
-        raise ValueError(f"{path}: reading pytorch_model.bin needs torch; "
-                         "convert the checkpoint to safetensors or install torch") from e
+        raise UserError(f"{path}: reading pytorch_model.bin needs torch; "
+                        "convert the checkpoint to safetensors or install torch") from e
     state = torch.load(path, map_location="cpu", weights_only=True)
     return {k: v.float().numpy() for k, v in state.items()}
 
@@ -82,14 +83,14 @@ def read_state_dict(directory):
         if os.path.isfile(path):
             break
     else:
-        raise ValueError(f"{directory}: no weights found; expected one of "
-                         f"{', '.join(WEIGHT_FILES)}")
+        raise UserError(f"{directory}: no weights found; expected one of "
+                        f"{', '.join(WEIGHT_FILES)}")
     if not name.endswith(".index.json"):
         return _read_file(path)
     with open(path, encoding="utf-8") as f:
         weight_map = json.load(f).get("weight_map")
     if not isinstance(weight_map, dict):
-        raise ValueError(f"{path}: field 'weight_map' (tensor name -> shard file) is missing")
+        raise UserError(f"{path}: field 'weight_map' (tensor name -> shard file) is missing")
     state = {}
     for shard in sorted(set(weight_map.values())):
         state.update(_read_file(os.path.join(directory, shard)))
@@ -135,8 +136,8 @@ def load_params(state, expected, source):
             continue
         torch_shape = leaf.shape[::-1] if path[-1] == "kernel" else leaf.shape
         if state[name].shape != torch_shape:
-            raise ValueError(f"{source}: tensor {name} has shape {state[name].shape}, "
-                             f"the model expects {torch_shape}")
+            raise UserError(f"{source}: tensor {name} has shape {state[name].shape}, "
+                            f"the model expects {torch_shape}")
         flat[path] = _swap_layout(path, state[name])
     unexpected = sorted(set(state) - set(expected))
     return flat, missing, unexpected

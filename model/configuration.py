@@ -7,12 +7,14 @@ We reuse `transformers` configuration classes (they still exist in v5) so
 import json
 import os
 
+from pipeline.errors import UserError
+
 SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta")
 
 
 def _check_model_type(model_type, source):
     if model_type not in SUPPORTED_MODEL_TYPES:
-        raise ValueError(
+        raise UserError(
             f"{source}: unsupported model_type {model_type!r}; "
             f"supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
 
@@ -37,15 +39,15 @@ def load_config(config_or_path):
     else:
         source = _config_file(config_or_path)
         if not os.path.isfile(source):
-            raise ValueError(f"{source}: no config.json found")
+            raise UserError(f"{source}: no config.json found")
         try:
             with open(source, encoding="utf-8") as f:
                 values = json.load(f)
         except json.JSONDecodeError as e:
-            raise ValueError(f"{source}: line {e.lineno}: invalid JSON ({e.msg})") from e
+            raise UserError(f"{source}: line {e.lineno}: invalid JSON ({e.msg})") from e
     if "model_type" not in values:
-        raise ValueError(f"{source}: field 'model_type' is missing; expected one of "
-                         f"{', '.join(SUPPORTED_MODEL_TYPES)}")
+        raise UserError(f"{source}: field 'model_type' is missing; expected one of "
+                        f"{', '.join(SUPPORTED_MODEL_TYPES)}")
     model_type = values.pop("model_type")
     _check_model_type(model_type, source)
     return transformers.AutoConfig.for_model(model_type, **values)
@@ -62,12 +64,12 @@ def apply_overrides(config, overrides):
     for item in overrides.split(","):
         key, sep, _ = item.partition("=")
         if not sep or not key.strip():
-            raise ValueError(f"config_overrides: item {item!r} is not of the form key=value")
+            raise UserError(f"config_overrides: item {item!r} is not of the form key=value")
         if not hasattr(config, key):
-            raise ValueError(f"config_overrides: unknown config key {key!r} "
-                             f"for model_type {config.model_type!r}")
+            raise UserError(f"config_overrides: unknown config key {key!r} "
+                            f"for model_type {config.model_type!r}")
     try:
         config.update_from_string(overrides)
     except ValueError as e:
-        raise ValueError(f"config_overrides {overrides!r}: {e}") from e
+        raise UserError(f"config_overrides {overrides!r}: {e}") from e
     return config

@@ -4,13 +4,11 @@ import io
 import logging as py_logging
 import time
 
-from absl import logging
-from clu.metric_writers import logging_writer
 import pytest
 import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 
-from trainer import monitoring
+from trainer import console, monitoring
 
 
 def read_scalars(logdir):
@@ -118,13 +116,24 @@ def plugin_tags(logdir, plugin):
             if events.SummaryMetadata(tag).plugin_data.plugin_name == plugin]
 
 
-def test_console_shows_metric_lines_but_not_library_chatter(caplog):
+def test_console_shows_metric_lines_but_not_library_chatter(capsys):
+    """Metric lines are console lines (standard output); libraries log from WARNING up only."""
     monitoring.configure_console_logging()
-    with caplog.at_level(py_logging.INFO, logger="absl"):
-        logging.info("library chatter")
-        logging.warning("a library warning")
-        logging_writer.LoggingWriter().write_scalars(3, {"train/loss": 1.25})
-    messages = [r.getMessage() for r in caplog.records]
-    assert "library chatter" not in messages
-    assert "a library warning" in messages
-    assert any("train/loss=1.25" in m for m in messages)
+    absl_logger = py_logging.getLogger("absl")  # every absl.logging call goes through it
+    assert not absl_logger.isEnabledFor(py_logging.INFO)
+    assert absl_logger.isEnabledFor(py_logging.WARNING)
+    monitoring.ConsoleWriter().write_scalars(3, {"train/loss": 1.25, "train/steps": 3})
+    assert capsys.readouterr().out == "[3] train/loss=1.25, train/steps=3\n"
+
+
+def test_a_console_line_clears_a_bar_drawn_in_place(capsys):
+    """On a terminal a line never lands in the middle of the redrawn bar."""
+    stream = Terminal()
+    bar = monitoring.ProgressBar("train", 10, stream=stream)
+    bar.update(3, force=True)
+    console.show("Evaluating at step 3")
+    assert stream.getvalue().startswith("\rtrain 3/10") and stream.getvalue().endswith("\r\x1b[K")
+    bar.close()
+    console.show("done")  # a closed bar is left alone
+    assert stream.getvalue().endswith("\n")
+    assert capsys.readouterr().out == "Evaluating at step 3\ndone\n"

@@ -26,7 +26,7 @@ from typing import Optional
 # and answers --help, before those load.
 from model.configuration import SUPPORTED_MODEL_TYPES
 from pipeline.config import SOURCE_FIELDS, DataConfig, check_choice, check_positive
-from pipeline.errors import InputError
+from pipeline.errors import InputError, UserError
 from pipeline.mixture_spec import parse_mixture, parse_validation_mixture
 from trainer.step_options import StepOptions
 
@@ -470,7 +470,7 @@ def per_device_train_batch(training_args, device_count):
         return training_args.per_device_train_batch_size
     parts = device_count * training_args.gradient_accumulation_steps
     if total % parts:
-        raise ValueError(
+        raise UserError(
             f"global_train_batch_size {total} cannot be split over {device_count} devices x "
             f"{training_args.gradient_accumulation_steps} gradient accumulation steps: it "
             f"must be a multiple of {parts}")

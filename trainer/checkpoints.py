@@ -44,10 +44,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 import tensorflow as tf
 
+from pipeline.errors import UserError
 from trainer.feed import DataIterator
 from trainer.run_dir import CHECKPOINT_DIR, OutputDirError, absolute
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(UserError):
     """A checkpoint does not fit the model or the cluster it is restored into."""
 
 

@@ -16,6 +16,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from pipeline.errors import UserError
+
 AXES = ("data", "fsdp")
 BATCH = PartitionSpec(AXES)  # the leading (example) dimension over both axes
 _ENTRY = re.compile(r"\s*(\w+)\s*=\s*(-?\d+)\s*")
@@ -27,21 +29,21 @@ def parse_mesh_shape(text: str) -> dict:
     A data axis left out takes the rest of the devices (-1) unless another
     axis does; an fsdp axis left out has size 1.
 
-    Raises ValueError with the expected form for anything else.
+    Raises UserError with the expected form for anything else.
     """
     sizes = {}
     for entry in text.split(","):
         found = _ENTRY.fullmatch(entry)
         if not found or found.group(1) not in AXES or found.group(1) in sizes:
-            raise ValueError(
+            raise UserError(
                 f"mesh_shape {text!r}: expected comma-separated AXIS=SIZE with the axes "
                 f"{' and '.join(AXES)} at most once each and SIZE a positive integer or -1 "
                 "(the rest of the devices), e.g. 'data=-1,fsdp=4'")
         sizes[found.group(1)] = int(found.group(2))
     if any(size == 0 or size < -1 for size in sizes.values()) or \
             list(sizes.values()).count(-1) > 1:
-        raise ValueError(f"mesh_shape {text!r}: each size must be a positive integer, and at "
-                         "most one may be -1 (the rest of the devices)")
+        raise UserError(f"mesh_shape {text!r}: each size must be a positive integer, and at "
+                        "most one may be -1 (the rest of the devices)")
     sizes.setdefault("data", 1 if -1 in sizes.values() else -1)
     return {axis: sizes.get(axis, 1) for axis in AXES}
 
@@ -54,7 +56,7 @@ def resolve_mesh_shape(text: str, device_count: int) -> dict:
     if rest and device_count % known == 0:
         sizes[rest[0]] = device_count // known
     if math.prod(sizes.values()) != device_count:
-        raise ValueError(
+        raise UserError(
             f"mesh_shape {text!r} does not fit the {device_count} devices of this run: the "
             f"sizes must multiply to {device_count} (use -1 for one axis to take the rest, "
             "e.g. 'data=-1,fsdp=4')")

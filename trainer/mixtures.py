@@ -10,6 +10,7 @@ merges their results into the run's eval/loss and eval/accuracy.
 import math
 
 from pipeline import mixture
+from trainer import console
 
 
 class SourceEpochs:
@@ -40,8 +41,8 @@ class SourceEpochs:
             name = self.names[index]
             latest = int(epoch[source == index].max())
             if name in self.epochs and latest > self.epochs[name] and self.announce:
-                print(f"step {step}: source {name} begins epoch {latest} (of this host's "
-                      "share)", flush=True)
+                console.show(f"step {step}: source {name} begins epoch {latest} (of this host's "
+                             "share)")
             self.epochs[name] = max(latest, self.epochs.get(name, latest))
 
     def scalars(self):

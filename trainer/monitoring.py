@@ -5,32 +5,36 @@ fetched at logging steps, so the train step never waits for the console.
 """
 
 import contextlib
-import logging as py_logging
 import math
-import sys
 import time
 from typing import Mapping, Optional
 
 from absl import logging
 from clu import metric_writers, periodic_actions
+from clu.metric_writers import logging_writer
 import jax
 
-# The library module whose INFO lines are the run's console output (CLU's metric
-# lines); the rest (Orbax, TensorFlow, JAX) only reach the console from WARNING up.
-_CONSOLE_INFO_MODULES = ("logging_writer",)
+from trainer import console
 
 
 def configure_console_logging():
-    """INFO lines from CLU's metric writer; warnings from everyone."""
-    logging.set_verbosity(logging.INFO)
+    """Libraries' log lines (Orbax, TensorFlow, JAX) from WARNING up only, on standard error.
 
-    def keep(record: py_logging.LogRecord) -> bool:
-        return record.levelno >= py_logging.WARNING or record.module in _CONSOLE_INFO_MODULES
+    The run's own lines, metric lines included, are console lines (trainer/console.py).
+    """
+    logging.set_verbosity(logging.WARNING)
 
-    logger = py_logging.getLogger("absl")  # every absl.logging call goes through it
-    if not any(getattr(f, "_mlm_console", False) for f in logger.filters):
-        keep._mlm_console = True  # pylint: disable=protected-access
-        logger.addFilter(keep)
+
+class ConsoleWriter(logging_writer.LoggingWriter):
+    """CLU's metric lines (`[step] name=value, ...`, as its LoggingWriter words them) here."""
+
+    def write_scalars(self, step: int, scalars):
+        values = [f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}"
+                  for k, v in sorted(scalars.items())]
+        console.show(f"[{step}] {', '.join(values)}")
+
+    def flush(self):
+        """Console lines are flushed as they are written."""
 
 
 def format_duration(seconds: float) -> str:
@@ -57,7 +61,7 @@ class ProgressBar:
     def __init__(self, label: str, total: int, *, start: int = 0, unit: str = "steps",
                  stream=None, enabled: bool = True):
         self.label, self.total, self.unit = label, total, unit
-        self.stream = stream or sys.stderr
+        self.stream = stream or console.stream()
         self.enabled = enabled
         self.interactive = enabled and self.stream.isatty()
         self.fields: dict = {}
@@ -84,6 +88,7 @@ class ProgressBar:
         line = self.render()
         if self.interactive:
             self.stream.write("\r" + line + "\x1b[K")
+            console.drawing(self, True)
         else:
             self.stream.write(line + "\n")
         self.stream.flush()
@@ -106,6 +111,7 @@ class ProgressBar:
         if self.interactive:
             self.stream.write("\r\x1b[K")
             self.stream.flush()
+            console.drawing(self, False)
 
     def close(self):
         """Ends the line on a terminal, so what follows starts on a fresh one."""
@@ -113,15 +119,16 @@ class ProgressBar:
             self.update(self._position, force=True)
             self.stream.write("\n")
             self.stream.flush()
+            console.drawing(self, False)
 
 
 class Monitor:
     """TensorBoard + console writer, progress report, optional profile, and the train bar.
 
-    Only process 0 writes TensorBoard files and draws bars; the others log
+    Only process 0 writes TensorBoard files and draws bars; the others show
     their metrics lines, as CLU's `just_logging` intends. The writer is
-    synchronous: it runs only at logging steps, and its console line must not
-    land in the middle of the redrawn bar.
+    synchronous: it runs only at logging steps, and its console line clears
+    the redrawn bar first (trainer/console.py).
     """
 
     def __init__(self, logdir: str, *, total_steps: int, start_step: int, logging_steps: int,
@@ -131,7 +138,7 @@ class Monitor:
         # The console gets the metric lines; TensorBoard (process 0) also the hyperparameters,
         # which as a console line would be kilobytes long (they are in run_args.json too).
         self._tensorboard = metric_writers.SummaryWriter(logdir) if self.is_chief else None
-        writers = [metric_writers.LoggingWriter()] + (
+        writers = [ConsoleWriter()] + (
             [self._tensorboard] if self._tensorboard else [])
         self.writer = metric_writers.MultiWriter(writers)
         if self._tensorboard and hparams is not None and start_step == 0:
@@ -173,12 +180,10 @@ class Monitor:
             scalars["train/tokens_per_sec"] = (step - last_step) * self.tokens_per_step / training_s
         self._mark = (step, now)
         self._paused_s = 0.0
-        self.bar.clear()
         self.writer.write_scalars(step, scalars)
         self.bar.update(step, force=True, loss=float(metrics.get("loss", float("nan"))))
 
     def write_eval(self, step: int, metrics: Mapping[str, float]):
-        self.bar.clear()
         self.writer.write_scalars(step, {f"eval/{k}": float(v) for k, v in metrics.items()})
         self.writer.flush()
 

@@ -13,6 +13,8 @@ import re
 import jax
 import optax
 
+from pipeline.errors import UserError
+
 NORM_MODULE = re.compile(r"norm|^ln(_|\d|$)", re.IGNORECASE)
 
 
@@ -56,7 +58,7 @@ def create_optimizer(training_args, schedule):
         tx = optax.adafactor(schedule, weight_decay_rate=decay if args.weight_decay > 0 else None,
                              weight_decay_mask=weight_decay_mask)
     else:
-        raise ValueError(f"optimizer must be adamw, lamb or adafactor, got {args.optimizer!r}")
+        raise UserError(f"optimizer must be adamw, lamb or adafactor, got {args.optimizer!r}")
     if args.max_grad_norm > 0:
         tx = optax.chain(optax.clip_by_global_norm(args.max_grad_norm), tx)
     return tx

@@ -17,7 +17,8 @@ import jax
 import orbax.checkpoint as ocp
 import tensorflow as tf
 
-from trainer import args as args_lib
+from pipeline.errors import UserError
+from trainer import args as args_lib, console
 
 CHECKPOINT_DIR = "checkpoints"
 LOG_DIR = "logs"
@@ -26,7 +27,7 @@ EARLIER_RUN_ARGS = "run_args.{}.json"  # the arguments of earlier runs, 1 the fi
 NOT_COMPARED = ("output_dir",)  # a run directory may be moved or copied, and resumed there
 
 
-class OutputDirError(ValueError):
+class OutputDirError(UserError):
     """The output directory cannot be used as asked (a user error, reported in one line)."""
 
 
@@ -146,7 +147,7 @@ def check_resumed_arguments(output_dir, run_args, *, restoring: bool, training: 
     changes = changed_arguments(saved, run_args)
     if jax.process_index() == 0:
         for name, before, after in changes:
-            print(f"changed: --{name} {_shown(before)} -> {_shown(after)}", flush=True)
+            console.show(f"changed: --{name} {_shown(before)} -> {_shown(after)}")
     refused = [(name, before, after) for name, before, after in changes
                if restoring and args_lib.kept_on_resume(name, training)]
     if refused:

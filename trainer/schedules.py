@@ -20,6 +20,8 @@ guards only matter when warmup_steps is 0, where the flax formulas divide by zer
 
 import jax.numpy as jnp
 
+from pipeline.errors import UserError
+
 
 def _factor_functions(base_learning_rate, warmup_steps, total_steps, decay_factor,
                       steps_per_decay, steps_per_cycle):
@@ -49,7 +51,7 @@ def create_learning_rate_schedule(factors, *, base_learning_rate, warmup_steps, 
     """An optax schedule (step -> float32 learning rate) from a factor string.
 
     steps_per_cycle (cosine_decay) defaults to total_steps - warmup_steps, so the
-    cosine reaches zero at the last step. Raises ValueError naming an unknown factor.
+    cosine reaches zero at the last step. Raises UserError naming an unknown factor.
     """
     names = [name.strip() for name in factors.split("*")]
     if steps_per_cycle is None:
@@ -58,8 +60,8 @@ def create_learning_rate_schedule(factors, *, base_learning_rate, warmup_steps, 
                               steps_per_decay, steps_per_cycle)
     unknown = [name for name in names if name not in table]
     if unknown:
-        raise ValueError(f"lr_schedule {factors!r}: unknown factor(s) {', '.join(unknown)}; "
-                         f"known: {', '.join(FACTORS)}")
+        raise UserError(f"lr_schedule {factors!r}: unknown factor(s) {', '.join(unknown)}; "
+                        f"known: {', '.join(FACTORS)}")
     chosen = [table[name] for name in names]
 
     def schedule(step):

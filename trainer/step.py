@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
+from pipeline.errors import UserError
 from trainer.metrics import EvalMetrics, TrainMetrics
 from trainer.step_options import StepOptions
 
@@ -105,8 +106,8 @@ def _micro_batches(tree, count):
     """
     size = jax.tree.leaves(tree)[0].shape[0]
     if size % count:
-        raise ValueError(f"per-device batch of {size} examples does not split into "
-                         f"gradient_accumulation_steps={count} equal micro-batches")
+        raise UserError(f"per-device batch of {size} examples does not split into "
+                        f"gradient_accumulation_steps={count} equal micro-batches")
     return jax.tree.map(
         lambda x: jnp.swapaxes(x.reshape((size // count, count) + x.shape[1:]), 0, 1), tree)
 
