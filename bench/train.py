@@ -56,7 +56,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import model  # noqa: E402
 import train  # noqa: E402
-from pipeline import corpus, inputs, vocab  # noqa: E402
+from pipeline import corpus, inputs, tokenizer_training  # noqa: E402
 from pipeline.config import DataConfig  # noqa: E402
 from trainer import checkpoints, feed as feed_lib, optimizers, schedules  # noqa: E402
 from trainer import step as step_lib  # noqa: E402
@@ -195,7 +195,7 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as tmp:
         text = os.path.join(tmp, "stdlib.txt")
         corpus.write_corpus(text)
-        tokenizer = vocab.train_wordpiece([text], vocab_size=8000)
+        tokenizer = tokenizer_training.train_wordpiece([text], vocab_size=8000)
         seq_len, predictions = BENCH_MODEL.SEQ_LEN, BENCH_MODEL.MAX_PREDICTIONS
         data_config = DataConfig(train_file=text, max_seq_length=seq_len,
                                  max_predictions_per_seq=predictions)
