@@ -189,8 +189,10 @@ def _host_cap(max_eval_samples, process_index, process_count):
 
 
 def _padded(ds, host_batch, widths, pad_id, num_batches=None):
-    """Masked batches padded with weight-0 examples to host_batch rows; with num_batches,
-    exactly that many batches, the extra ones all weight 0."""
+    """Masked batches padded with weight-0 examples to host_batch rows.
+
+    With num_batches, exactly that many batches, the extra ones all weight 0.
+    """
 
     def pad(batch):
         missing = host_batch - tf.shape(batch["input_ids"])[0]

@@ -113,8 +113,11 @@ def mask(ds, vocab, config, *, whole_words, process_index=0, passed_on=()):
 
 
 def by_whole_words(config, ref_file):
-    """Whether a split is masked by whole words: when asked, or when Chinese words are known
-    (from its reference file `ref_file`, or segmented on the fly)."""
+    """Whether a split is masked by whole words: asked, or Chinese words known.
+
+    Chinese words come from the split's reference file `ref_file`, or from
+    segmentation on the fly.
+    """
     return bool(config.whole_word_masking or ref_file or config.chinese_word_segmentation)
 
 
