@@ -22,7 +22,7 @@ DEMO_DATA := runs/demo-data
 demo: $(VENV)/.installed
 	test -f $(DEMO_DATA)/stdlib.txt || $(PY) -m pipeline.corpus --output $(DEMO_DATA)/stdlib.txt
 	test -f $(DEMO_DATA)/tokenizer/tokenizer.json || \
-	  $(PY) -m pipeline.vocab --input $(DEMO_DATA)/stdlib.txt --output $(DEMO_DATA)/tokenizer --vocab_size 8000
+	  $(PY) -m pipeline.tokenizer_training --input $(DEMO_DATA)/stdlib.txt --output $(DEMO_DATA)/tokenizer --vocab_size 8000
 	$(PY) train.py configs/demo.json
 
 bench: $(VENV)/.installed

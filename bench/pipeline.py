@@ -43,7 +43,7 @@ import tensorflow as tf  # noqa: E402
 
 from pipeline import config as config_lib  # noqa: E402
 from pipeline import corpus, inputs  # noqa: E402
-from pipeline import tokenize, vocab  # noqa: E402
+from pipeline import tokenize, tokenizer_training  # noqa: E402
 
 GOAL_RATIO = 0.9
 _READ_LINES = 1024
@@ -159,7 +159,8 @@ def main(argv=None):
         tokenizer_dir = args.tokenizer
         if not tokenizer_dir:
             tokenizer_dir = pathlib.Path(tmp, "tokenizer")
-            vocab.train_wordpiece([base], vocab_size=8000).save_pretrained(tokenizer_dir)
+            tokenizer = tokenizer_training.train_wordpiece([base], vocab_size=8000)
+            tokenizer.save_pretrained(tokenizer_dir)
         tokenizer = inputs.load_tokenizer(tokenizer_dir)
         config = config_lib.DataConfig(
             train_file=str(train_file), max_seq_length=args.max_seq_length,

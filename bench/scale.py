@@ -36,7 +36,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from pipeline import corpus, vocab  # noqa: E402
+from pipeline import corpus, tokenizer_training  # noqa: E402
 
 SIZES_MB = (20, 400)
 TIME_LIMIT = 1.5  # 400 MB start-up at most this many times the 20 MB one (a shared machine)
@@ -157,7 +157,7 @@ def main(argv=None):
         base = os.path.join(tmp, "stdlib.txt")
         corpus.write_corpus(base)
         tokenizer_dir = os.path.join(tmp, "tokenizer")
-        vocab.train_wordpiece([base], vocab_size=2000).save_pretrained(tokenizer_dir)
+        tokenizer_training.train_wordpiece([base], vocab_size=2000).save_pretrained(tokenizer_dir)
         if args.compilation_cache:
             print(json.dumps(compilation_cache(tmp, base, tokenizer_dir, args.timeout,
                                                args.rounds)))

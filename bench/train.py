@@ -56,7 +56,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import model  # noqa: E402
 import train  # noqa: E402
-from pipeline import corpus, inputs, vocab  # noqa: E402
+from pipeline import corpus, inputs, tokenizer_training  # noqa: E402
 from pipeline.config import DataConfig  # noqa: E402
 from trainer import checkpoints, feed as feed_lib, optimizers, schedules  # noqa: E402
 from trainer import step as step_lib  # noqa: E402
@@ -194,7 +194,7 @@ def set_up(args, tmp):
     """(module, params, tx, schedule, feed, DataIterator): the model and its streamed data."""
     text = os.path.join(tmp, "stdlib.txt")
     corpus.write_corpus(text)
-    tokenizer = vocab.train_wordpiece([text], vocab_size=8000)
+    tokenizer = tokenizer_training.train_wordpiece([text], vocab_size=8000)
     data_config = DataConfig(train_file=text, max_seq_length=BENCH_MODEL.SEQ_LEN,
                              max_predictions_per_seq=BENCH_MODEL.MAX_PREDICTIONS)
     module, params = model.from_config(

@@ -35,7 +35,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from pipeline import sharding
+from pipeline import hosts
 from pipeline.config import BLOCK_BYTES, BLOCKS_MIXED  # noqa: F401  (also read as blocks.X)
 from pipeline.errors import InputError
 from pipeline.python_calls import CALLS
@@ -99,7 +99,7 @@ def epoch_order(table, epoch, *, seed, shuffle, process_index, process_count):
     """
     n = table.num_blocks
     positions = tf.data.Dataset.range(process_index, n, process_count)
-    return sharding.permuted(positions, n, seed, epoch) if shuffle else positions
+    return hosts.permuted(positions, n, seed, epoch) if shuffle else positions
 
 
 def _locate(table, block):
@@ -211,6 +211,14 @@ def _split_lines(text):
     # A gather, not a slice: a slice shares its buffer, and a saved iterator holding one
     # logs "Tensor RefCount not reliable" for it.
     return tf.gather(lines, tf.range(count))
+
+
+def epochs(table, read, blocks_mixed, **how):
+    """epoch -> that epoch's batches of the table's files (`epoch_batches`).
+
+    read: block id -> its parsed lines.
+    """
+    return lambda epoch: epoch_batches(table, epoch, read, blocks_mixed=blocks_mixed, **how)
 
 
 def epoch_batches(table, epoch, read, *, seed, shuffle, process_index, process_count,

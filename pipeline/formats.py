@@ -1,11 +1,11 @@
 """Text files of every supported format, read as batches of lines by native tf.data readers.
 
 Each file yields *raw* batches (the cheapest thing to read and to shard);
-`parse_fn` then turns a raw batch into {"text": [n]} after per-host
-sharding, so a host never parses lines that another host keeps. Problems
-visible from a file's first record are raised at construction as
-InputError; those only visible deep in a file fail when that batch is read,
-with a message that still names the file and the line.
+`parse_fn` then turns a raw batch into {"text": [n]} after the split
+between hosts (`hosts`), so a host never parses lines that another host
+keeps. Problems visible from a file's first record are raised at
+construction as InputError; those only visible deep in a file fail when
+that batch is read, with a message that still names the file and the line.
 """
 
 import csv
@@ -95,7 +95,7 @@ def open_text(path):
 
 
 def is_blank(line):
-    """The blank-line rule of the tf.data filter (sharding.keep_lines): ASCII whitespace only."""
+    """The blank-line rule of the tf.data filter (lines.keep_lines): ASCII whitespace only."""
     return not line.strip(" \t\n\r\f\v")
 
 

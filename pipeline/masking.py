@@ -98,6 +98,29 @@ def _choose_tokens(candidate, budget, max_predictions, position_bits, seed):
     return candidate & (keys >= threshold[:, None])
 
 
+def mask(ds, vocab, config, *, whole_words, process_index=0, passed_on=()):
+    """The masking stage: MLM features of each batch {"input_ids", "word_starts"} of `ds`.
+
+    Each batch is masked by its position in `ds` (`masker`); the keys in
+    `passed_on` (a mixture's tags) are carried over unchanged.
+    """
+    mask_batch = masker(vocab, config, whole_words=whole_words, process_index=process_index)
+
+    def masked(index, batch):
+        return {**mask_batch(index, batch), **{key: batch[key] for key in passed_on}}
+
+    return ds.enumerate().map(masked, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def by_whole_words(config, ref_file):
+    """Whether a split is masked by whole words: asked, or Chinese words known.
+
+    Chinese words come from the split's reference file `ref_file`, or from
+    segmentation on the fly.
+    """
+    return bool(config.whole_word_masking or ref_file or config.chinese_word_segmentation)
+
+
 def masker(vocab, config, *, whole_words, process_index=0):
     """Returns fn(index, batch) -> MLM features for batches {"input_ids", "word_starts"}.
 

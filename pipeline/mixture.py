@@ -1,6 +1,6 @@
 """Several sources' examples mixed into one stream: seeded, stateless, checkpointable.
 
-    per source: _examples (one epoch) -> repeat, counting epochs -> unbatch
+    per source: inputs._training_epoch -> repeat, counting epochs -> unbatch
     draws: counter -> source per example (stateless, seeded by block) -> unbatch
     choose_from_datasets(sources, draws) -> batch
 
@@ -40,7 +40,7 @@ import json
 import numpy as np
 import tensorflow as tf
 
-from pipeline import mixture_sizes, mixture_spec
+from pipeline import masking, mixture_sizes, mixture_spec
 from pipeline import sources as sources_lib
 from pipeline.errors import InputError
 
@@ -54,15 +54,14 @@ TAGS = ("source", "epoch")  # what the mixed stream adds to each example; not mo
 ValidationSet = collections.namedtuple("ValidationSet", "name config weight")
 
 
-def uses_whole_words(config):
-    """Whether `config`'s training data is masked by whole words (asked, or Chinese words)."""
-    return bool(config.whole_word_masking or config.train_ref_file
-                or config.chinese_word_segmentation)
+def _uses_whole_words(config):
+    """Whether `config`'s training data is masked by whole words."""
+    return masking.by_whole_words(config, config.train_ref_file)
 
 
 def whole_words(config, sources):
     """Whether the mixture's masker takes whole words: when any source's training split does."""
-    return any(uses_whole_words(mixture_spec.source_config(config, s)) for s in sources)
+    return any(_uses_whole_words(mixture_spec.source_config(config, s)) for s in sources)
 
 
 def train_examples(config, sources, one_epoch, *, temperature=None, sizes_from="bytes",
@@ -70,13 +69,13 @@ def train_examples(config, sources, one_epoch, *, temperature=None, sizes_from="
     """(this host's mixed training examples, the sources' weights).
 
     `one_epoch(source_config)` gives one epoch of a source's fixed-length
-    examples {"input_ids", "word_starts"} for this host (`inputs._examples`
-    with num_epochs=1). The mixed examples add "source" and "epoch", in
-    batches of varying size, as one source's examples come. When the mixture
-    masks whole words, a source that does not has each token as a word of its
-    own, so one whole-word masker serves all: it then picks single tokens
-    uniformly, as token masking does. Sizes are read, after the sources are
-    built (which checks that their data exists), only for unweighted sources.
+    examples {"input_ids", "word_starts"} for this host (`inputs._training_epoch`).
+    The mixed examples add "source" and "epoch", in batches of varying size,
+    as one source's examples come. When the mixture masks whole words, a
+    source that does not has each token as a word of its own, so one
+    whole-word masker serves all: it then picks single tokens uniformly, as
+    token masking does. Sizes are read, after the sources are built (which
+    checks that their data exists), only for unweighted sources.
     """
     configs = [mixture_spec.source_config(config, source) for source in sources]
     by_words = whole_words(config, sources)
@@ -85,7 +84,7 @@ def train_examples(config, sources, one_epoch, *, temperature=None, sizes_from="
         with naming(source):
             stream = one_epoch(source_config)
         streams.append(stream.map(_tokens_as_words)
-                       if by_words and not uses_whole_words(source_config) else stream)
+                       if by_words and not _uses_whole_words(source_config) else stream)
     weights = source_weights(configs, sources, temperature, sizes_from)
     names = [f"{source.name} ({source.data})" for source in sources]  # unquoted: see below
     return mix(streams, weights, names, seed=config.seed, process_index=process_index), weights

@@ -23,14 +23,12 @@ bytes for a dataset of long texts (each example adds a few tens of bytes).
 """
 
 import dataclasses
-import os
 
 import tensorflow as tf
 
-from pipeline import formats, sources
+from pipeline import formats, named_datasets, sources
 from pipeline.config import SIZES_FROM
 from pipeline.errors import InputError
-
 
 
 def source_size(config, sizes_from="bytes"):
@@ -69,12 +67,9 @@ def _count_texts(config):
 
 
 def _tfds_size(config, sizes_from):
-    import tensorflow_datasets as tfds  # imported here, as in sources: seconds of start-up
+    import tensorflow_datasets as tfds  # imported here, as in named_datasets: seconds of start-up
 
-    name = config.dataset_name[len("tfds:"):]
-    if config.dataset_config_name and "/" not in name:
-        name = f"{name}/{config.dataset_config_name}"
-    data_dir = os.environ.get("TFDS_DATA_DIR") or tfds.core.constants.DATA_DIR
+    name, data_dir = named_datasets.tfds_location(config)
     split = tfds.builder(name, data_dir=data_dir).info.splits["train"]
     if sizes_from == "bytes":
         return int(split.num_bytes), "bytes"
@@ -84,7 +79,7 @@ def _tfds_size(config, sizes_from):
 def _hf_size(config, sizes_from):
     import datasets
 
-    data = sources._load_hf(config)["train"]  # pylint: disable=protected-access
+    data = named_datasets.load_hf(config)["train"]
     if not isinstance(data, datasets.Dataset):
         return None  # streamed: its length is unknown until read
     if sizes_from == "lines":

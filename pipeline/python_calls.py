@@ -1,12 +1,15 @@
 """Python functions that tf.data threads call (tokenizer, block reads, JSON parsing).
 
 Each call runs inside `with CALLS:`, so that interpreter exit stops them
-cleanly instead of hanging or aborting the process.
+cleanly instead of hanging or aborting the process; a dataset that makes
+such calls is saved and restored with `checkpointable`.
 """
 
 import atexit
 import threading
 import time
+
+import tensorflow as tf
 
 
 class _Calls:
@@ -52,3 +55,15 @@ class _Calls:
 
 CALLS = _Calls()
 atexit.register(CALLS.close)
+
+
+def checkpointable(ds):
+    """ds with its iterator state checkpointable despite the pipeline's Python calls.
+
+    Parsing and tokenizing run in `numpy_function`s, which tf.data counts as
+    external state; they are pure, so the state can ignore them.
+    """
+    options = tf.data.Options()
+    options.experimental_external_state_policy = (
+        tf.data.experimental.ExternalStatePolicy.IGNORE)
+    return ds.with_options(options)

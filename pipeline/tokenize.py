@@ -6,21 +6,22 @@ comes back as ragged `ids` plus `word_starts` flags for whole-word masking.
 Word starts come from a per-vocabulary-id table of continuation pieces
 (WordPiece `##`, or no leading `Ġ`/`▁` for byte-level BPE and sentencepiece,
 the rule fairseq's whole-word masking uses), gathered with numpy, so no
-per-token Python is needed. Chinese reference indices (or jieba, on the fly)
-turn single-character tokens into continuations of their word.
+per-token Python is needed. Chinese reference indices (`refs`), or jieba on
+the fly (`chinese_ref`), turn single-character tokens into continuations of
+their word.
 """
 
 import dataclasses
 import itertools
 import json
 import os
-from typing import Optional
 
 import numpy as np
 import tensorflow as tf
 import tokenizers
 
 from pipeline import chinese_ref
+from pipeline import refs as refs_lib
 from pipeline.python_calls import CALLS
 from pipeline.errors import InputError
 
@@ -89,35 +90,6 @@ def vocabulary(tokenizer):
                       is_continuation=is_continuation, tokens=tokens)
 
 
-@dataclasses.dataclass(frozen=True)
-class RefSource:
-    """Names the files a batch's Chinese references came from, for error messages."""
-
-    text_file: Optional[str]
-    ref_file: Optional[str]
-
-
-def _apply_refs(starts, offsets, lengths, texts, refs, ref_lines, source):
-    """Marks the tokens that ref lists name (CLS at index 0) as word continuations.
-
-    ref_lines holds each row's (text line, ref line) numbers, for errors.
-    """
-    for row, ref in enumerate(refs):
-        if ref == b"[]" or not ref:
-            continue
-        indices = np.asarray(json.loads(ref), np.int64)
-        if indices.size and (indices.min() < 1 or indices.max() > lengths[row]):
-            bad = int(indices[(indices < 1) | (indices > lengths[row])][0])
-            text_line, ref_line = ref_lines[row]
-            line = texts[row].decode("utf-8", "replace")
-            raise InputError(
-                f"reference file {source.ref_file} does not match text file "
-                f"{source.text_file}: ref line {ref_line}: reference index {bad} is outside the "
-                f"{lengths[row]} tokens (indices 1..{lengths[row]}, CLS at 0) of text line "
-                f"{text_line}: {line[:200]!r}")
-        starts[offsets[row] + indices - 1] = False
-
-
 def _segment_chinese(starts, ids, offsets, lengths, texts, vocab):
     """On-the-fly jieba segmentation: the same continuations a ref file would give."""
     for row, text in enumerate(texts):
@@ -147,7 +119,7 @@ def encode_lines(backend, vocab, texts, refs=None, ref_lines=None, *, ref_source
     starts = ~vocab.is_continuation[ids]
     starts[offsets[lengths > 0]] = True
     if refs is not None:
-        _apply_refs(starts, offsets, lengths, texts, refs, ref_lines, ref_source)
+        refs_lib.mark_continuations(starts, offsets, lengths, texts, refs, ref_lines, ref_source)
     if segmentation == "jieba":
         _segment_chinese(starts, ids, offsets, lengths, texts, vocab)
     return ids, lengths, starts
@@ -183,7 +155,7 @@ def tokenize(lines, tokenizer, vocab, *, ref_source=None, segmentation=None):
     """
     one_core_per_call()
     backend = plain_backend(tokenizer)
-    ref_source = ref_source or RefSource(None, None)
+    ref_source = ref_source or refs_lib.RefSource(None, None)
 
     def encode(element):
         inputs = [element["text"]]

@@ -14,7 +14,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import pytest  # noqa: E402
 
-from pipeline import corpus, inputs, tokenize, vocab as vocab_lib  # noqa: E402
+from pipeline import corpus, inputs, tokenize, tokenizer_training  # noqa: E402
 
 TEST_VOCAB_SIZE = 2000
 
@@ -31,7 +31,7 @@ def corpus_file(tmp_path_factory):
 def tokenizer_dir(tmp_path_factory, corpus_file):
     """A BERT WordPiece tokenizer trained on the corpus, saved in Hugging Face format."""
     path = tmp_path_factory.mktemp("tokenizer")
-    tokenizer = vocab_lib.train_wordpiece([corpus_file], vocab_size=TEST_VOCAB_SIZE)
+    tokenizer = tokenizer_training.train_wordpiece([corpus_file], vocab_size=TEST_VOCAB_SIZE)
     assert len(tokenizer) == TEST_VOCAB_SIZE
     tokenizer.save_pretrained(path)
     return path

@@ -12,6 +12,7 @@ import transformers
 from pipeline import chinese_ref, inputs, tokenize
 from pipeline import config as config_lib
 from pipeline.errors import InputError
+from pipeline.refs import RefSource
 
 CHINESE_LINES = ["我喜欢你", "我们在北京大学学习中文。", "今天天气很好, we like it",
                  "人工智能改变了世界", "他喜欢吃苹果和香蕉"]
@@ -102,7 +103,7 @@ def _word_starts(tokenizer, config):
         ds = ds.map(lambda t: {"text": t})
     vocab = tokenize.vocabulary(tokenizer)
     out = tokenize.tokenize(ds, tokenizer, vocab, segmentation=config.get("segmentation"),
-                            ref_source=tokenize.RefSource("zh.txt", "zh.ref"))
+                            ref_source=RefSource("zh.txt", "zh.ref"))
     return next(iter(out))["word_starts"].to_list()
 
 
@@ -116,7 +117,7 @@ def test_on_the_fly_jieba_matches_the_ref_file(zh_tokenizer):
 
 def test_ref_index_past_the_line_names_both_files_and_the_line(tmp_path, zh_tokenizer):
     vocab = tokenize.vocabulary(zh_tokenizer)
-    source = tokenize.RefSource("corpus/zh.txt", "corpus/zh.ref")
+    source = RefSource("corpus/zh.txt", "corpus/zh.ref")
     message = (r"reference file corpus/zh\.ref does not match text file corpus/zh\.txt: ref "
                r"line 6: reference index 5 .* of text line 8: '我喜欢你'")
     with pytest.raises(InputError, match=message):

@@ -35,9 +35,9 @@ def files(tmp_path_factory):
 
 def _one_epoch(tokenizer, vocab, process_index=0, process_count=1):
     def one_epoch(config):
-        return inputs._examples(config, tokenizer, vocab, "train", process_index=process_index,
-                                process_count=process_count, shuffle=True, num_epochs=1,
-                                keep_remainder=False)
+        return inputs._training_epoch(  # pylint: disable=protected-access
+            config, tokenizer, vocab, dict(process_index=process_index,
+                                           process_count=process_count))
 
     return one_epoch
 

@@ -10,7 +10,7 @@ import tensorflow_datasets as tfds
 
 from pipeline.config import DataConfig
 from pipeline.errors import InputError
-from pipeline import sources
+from pipeline import named_datasets, python_calls
 from pipeline.sources import line_batches
 
 TRAIN = [f"train line {i} " + "x" * (i % 5) for i in range(300)] + ["", "  "]
@@ -196,10 +196,10 @@ def test_hf_stream_epochs_each_read_everything_in_a_fresh_order_and_resume(tmp_p
     epochs = 3
 
     def make():
-        source, _ = sources._dataset_batches(  # pylint: disable=protected-access
+        source, _ = named_datasets.batches(
             config, "train", process_index=0, process_count=1, shuffle=True, seed=config.seed,
             batch_size=16)
-        return iter(sources.checkpointable(source.repeat(epochs)))
+        return iter(python_calls.checkpointable(source.repeat(epochs)))
 
     whole = texts_of(make())
     size = len(whole) // epochs

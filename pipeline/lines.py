@@ -1,8 +1,7 @@
-"""Per-host sharding, epochs, the held-out split and line shuffling, on whole batches of lines.
+"""The stages after reading, on whole batches of lines: epochs, hold out, shuffle.
 
-Every op here runs once per batch, block or file (never once per line), so
-none of them limits the pipeline's rate; see DESIGN.md "Batch first, never
-per line".
+Each runs once per batch (never once per line), so none limits the
+pipeline's rate; see DESIGN.md "Batch first, never per line".
 """
 
 import math
@@ -13,23 +12,6 @@ _HASH_BUCKETS = 10_000
 _BLANK = "[ \t\n\r\f\v]*"  # ASCII whitespace, as formats.is_blank
 _MIX_WINDOW = 8  # batches whose lines are permuted together when shuffling
 _EPOCH_SEED_STRIDE = 1_000_003  # the line buffer's seed is seed + stride * epoch
-
-
-def host_files(files, process_index, process_count):
-    """This host's files, and whether elements must still be sharded (fewer files than hosts)."""
-    if len(files) >= process_count:
-        return files[process_index::process_count], False
-    return files, True
-
-
-def permuted(indices, n, seed, epoch):
-    """indices (int64 in [0, n)) through a permutation of range(n) seeded by (seed, epoch).
-
-    Stateless: the same on every host, and the iterator state stays a position.
-    """
-    key = tf.stack([tf.constant(seed, tf.int64), tf.cast(epoch, tf.int64)])
-    return indices.map(
-        lambda i: tf.random.experimental.index_shuffle(i, seed=key, max_index=n - 1))
 
 
 def repeat_epochs(one_epoch, num_epochs):
@@ -61,9 +43,10 @@ def repeat_epochs(one_epoch, num_epochs):
         lambda batch, end, empty: batch)
 
 
-def shard_batches(ds, process_index, process_count):
-    """Keep every process_count-th batch: hosts disjoint, union complete, each batch read once."""
-    return ds.shard(process_count, process_index) if process_count > 1 else ds
+def hold_out(ds, holdout, percentage):
+    """The hold-out stage: keep_lines on every batch, then batches left empty dropped."""
+    return ds.map(lambda batch: keep_lines(batch, holdout, percentage),
+                  num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).filter(_not_empty)
 
 
 def keep_lines(batch, holdout=None, percentage=0):
@@ -87,7 +70,7 @@ def blank(text):
     return tf.strings.regex_full_match(text, _BLANK)
 
 
-def not_empty(batch):
+def _not_empty(batch):
     return tf.size(batch["text"]) > 0
 
 
