@@ -107,7 +107,8 @@ def set_up(model_args, data_args, training_args):
     hparams = args_lib.hparams(model_args, data_args, training_args)
     resuming = run_dir.check_output_dir(training_args.output_dir,
                                         overwrite=training_args.overwrite_output_dir)
-    ckpt = resume.open_checkpoints(training_args) if resuming else None  # reads, writes nothing
+    # Opened before the model is built: a checkpoint to restore means shapes are enough.
+    ckpt = resume.open_checkpoints(training_args) if resuming else None
     restoring = ckpt is not None and ckpt.latest_step is not None
     tokenizer = load_tokenizer(model_args)
     with jax.default_device(feed.build_device):

@@ -231,7 +231,7 @@ class TrainingArguments(StepOptions):
             object.__setattr__(self, "optimizer", "adafactor" if self.adafactor else "adamw")
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
         if self.adafactor and self.optimizer != "adafactor":
-            raise ValueError(f"--adafactor contradicts --optimizer {self.optimizer}")
+            raise UserError(f"--adafactor contradicts --optimizer {self.optimizer}")
         for name in ("per_device_train_batch_size", "per_device_eval_batch_size",
                      "logging_steps", "save_steps", "eval_steps", "lr_steps_per_decay"):
             check_positive(name, getattr(self, name))
@@ -241,18 +241,18 @@ class TrainingArguments(StepOptions):
             check_positive("save_total_limit", self.save_total_limit)
         for name in ("warmup_steps", "max_grad_norm", "weight_decay", "profile_steps"):
             if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+                raise UserError(f"{name} must be >= 0, got {getattr(self, name)}")
         check_choice("parallelism", self.parallelism, PARALLELISMS)
         if self.mesh_shape is not None:
             if self.parallelism != "mesh":
-                raise ValueError("mesh_shape applies to --parallelism mesh only; add "
-                                 "--parallelism mesh, or drop mesh_shape")
+                raise UserError("mesh_shape applies to --parallelism mesh only; add "
+                                "--parallelism mesh, or drop mesh_shape")
             parse_mesh_shape(self.mesh_shape)
         # Fail on a misspelt factor now, not after the data and model have loaded.
         create_learning_rate_schedule(self.lr_schedule, base_learning_rate=self.learning_rate,
                                       warmup_steps=self.warmup_steps, total_steps=1)
         if self.learning_rate <= 0:
-            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+            raise UserError(f"learning_rate must be > 0, got {self.learning_rate}")
 
 
 # Arguments that a JSON config may give as a list of objects (passed on as JSON text).

@@ -40,8 +40,8 @@ def count_train_steps(data_config, tokenizer, training_args, per_device_batch_si
         console.show(f"process {jax.process_index()} of {jax.process_count()}: {own} training "
                      f"batches in one epoch of its shard (the longest shard: {batches})")
     if batches == 0:
-        raise InputError(f"{data_config.train_file or data_config.dataset_name}: not enough "
-                         "training text for one batch")
+        raise InputError(f"{training_data_name(data_config)}: not enough training text for "
+                         "one batch")
     return max(1, math.ceil(training_args.num_train_epochs * batches))
 
 
@@ -84,7 +84,7 @@ def check_validation_set(num_batches, data_config):
     if data_config.validation_file:
         where = f"{data_config.validation_file} has no text"
     else:
-        where = (f"no line of {data_config.train_file or data_config.dataset_name} falls in the "
+        where = (f"no line of {training_data_name(data_config)} falls in the "
                  f"{data_config.validation_split_percentage}% held out for validation; set "
                  "validation_file or a larger validation_split_percentage")
     raise InputError(f"the validation set is empty: {where}")
