@@ -17,7 +17,7 @@ import orbax.checkpoint as ocp
 import pytest
 import tensorflow as tf
 
-from trainer import checkpoints, feed, run_dir, stopping
+from trainer import checkpoints, feed, run_dir, stopping, writer_priority
 from trainer import mesh as mesh_lib
 from trainer import step as step_lib
 
@@ -91,6 +91,20 @@ def test_input_position_is_taken_at_save_and_written_in_the_background(tmp_path,
     ckpt.close()
     got = host_values(resumed.to_device(place), 6)
     np.testing.assert_array_equal(np.stack(got), np.stack(expected))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread priority: Linux")
+def test_background_writers_run_at_the_lowest_priority_and_the_loop_does_not(tmp_path):
+    main_priority = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    data = feed.DataIterator(shuffled_batches())
+    ckpt = checkpoints.Checkpoints(tmp_path)
+    for step in (1, 2):
+        ckpt.save(step, make_state(float(step), shape=(256, 256)), data)
+    ckpt.close()
+    writers = writer_priority.writer_threads()
+    assert writers, "no TensorStore worker threads found: has TensorStore renamed them?"
+    assert {os.getpriority(os.PRIO_PROCESS, t) for t in writers} == {19}
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == main_priority
 
 
 def test_keeps_the_last_n_checkpoints(tmp_path, monkeypatch):

@@ -45,6 +45,7 @@ import orbax.checkpoint as ocp
 import tensorflow as tf
 
 from pipeline.errors import UserError
+from trainer import writer_priority
 from trainer.feed import DataIterator
 from trainer.run_dir import CHECKPOINT_DIR, OutputDirError, absolute
 
@@ -167,8 +168,9 @@ class Checkpoints:
     """Keeps the last `save_total_limit` checkpoints of a run under output_dir/checkpoints.
 
     Saves are asynchronous: the state and the input position are copied to host
-    memory, written in the background while training goes on, and `wait()` (or
-    the next save) joins them; a failed write is raised there.
+    memory, written in the background while training goes on (by threads at
+    the lowest CPU priority: `writer_priority`), and `wait()` (or the next save)
+    joins them; a failed write is raised there.
     """
 
     def __init__(self, output_dir, *, save_total_limit: Optional[int] = None,
@@ -200,7 +202,7 @@ class Checkpoints:
         args = ocp.args.Composite(
             state=ocp.args.StandardSave(state),
             data=DataIteratorSave(data))
-        with self._writing(step):
+        with self._writing(step), writer_priority.writers_at_lowest_priority():
             self._manager.save(step, args=args, force=True)
         self._in_flight = step
         if wait:
