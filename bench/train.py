@@ -135,14 +135,15 @@ def save_stall_figures(steps, save_calls, state_size, save_steps):
     free = [t for t, overlapped in steps if not overlapped]
     busy = [t for t, overlapped in steps if overlapped]
     median = float(np.median(free))
+    save_call = float(np.median(save_calls)) if save_calls else None
     sig = BENCH_MODEL.sig
     return {
         "save_steps": save_steps, "state_mb": sig(state_size / 2**20),
         "steps": len(steps), "saves": len(save_calls),
         "median_step_s": sig(median),
         "overlapping_steps_s": [sig(t) for t in busy],
-        "save_call_s": sig(float(np.median(save_calls))) if save_calls else None,
-        "save_call_steps": sig(float(np.median(save_calls)) / median) if save_calls else None,
+        "save_call_s": sig(save_call) if save_calls else None,
+        "save_call_steps": sig(save_call / median) if save_calls else None,
         "max_overlap_ratio": sig(max(busy) / median) if busy else None,
         "max_free_ratio": sig(max(free) / median),  # the noise: steps no save overlaps
         "median_overlap_ratio": sig(float(np.median(busy)) / median) if busy else None,

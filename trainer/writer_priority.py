@@ -4,13 +4,13 @@ An asynchronous save writes the state while the next steps run, and most of
 its CPU time is TensorStore's worker threads. Where the step keeps every core
 busy (the CPU backend; an input pipeline that fills the host), workers at the
 step's priority take cores from it: on a 2-core machine the step after a save
-took up to 1.5x the median step. At the lowest priority (nice 19, which still
+took up to 1.8x the median step. At the lowest priority (nice 19, which still
 guarantees them a share, unlike SCHED_IDLE) they write in the gaps between and
 within steps. On a TPU host with idle cores nothing changes.
 
 Only TensorStore's workers: lowering Orbax's own Python threads as well left a
-save to the GCS emulator unfinished after an hour, each of them waiting for
-the interpreter lock behind the training loop.
+save to the GCS emulator unfinished after an hour of training (most likely
+starved of the interpreter lock, which they share with the training loop).
 
 Linux only: there a thread's priority is its own. TensorStore starts workers
 as it needs them, from whichever thread asks, so they are looked up again at
@@ -37,9 +37,13 @@ def writers_at_lowest_priority():
 
 
 def writer_threads() -> list:
-    """The thread ids of this process's TensorStore workers."""
+    """The thread ids of this process's TensorStore workers (none where /proc cannot be read)."""
+    try:
+        names = os.listdir("/proc/self/task")
+    except OSError:  # a sandbox without /proc: the writers keep their priority
+        return []
     ids = []
-    for name in os.listdir("/proc/self/task"):
+    for name in names:
         try:
             with open(f"/proc/self/task/{name}/comm", encoding="utf-8") as comm:
                 if comm.read().strip() == WRITER_THREAD_NAME:
