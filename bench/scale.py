@@ -89,17 +89,22 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def child_environment():
+    """A train.py child's environment: CPU JAX, quiet TensorFlow, train.py's own cache dir."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)  # train.py's default: under output_dir
+    return env
+
+
 def measure(config_file, timeout, first_step=FIRST_STEP, cpu=None):
     """(seconds from launch to the first train step, peak RSS in MB) of one train.py run.
 
     With a list `cpu`, also appends the CPU seconds the run had used by then.
     """
-    env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
-    env.pop("JAX_COMPILATION_CACHE_DIR", None)  # train.py's default: under output_dir
     start = time.perf_counter()
     proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "train.py"), config_file],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+                            cwd=ROOT, env=child_environment(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
     guard = threading.Timer(timeout, proc.kill)  # train.py ends by itself (max_steps)
     guard.start()
     first_step_seconds, tail = None, []
@@ -123,9 +128,8 @@ def fixed_start(tokenizer_dir, timeout):
     code = ("import train; from model import configuration; from pipeline import inputs; "
             f"inputs.load_tokenizer({tokenizer_dir!r}); "
             "configuration.load_config({'model_type': 'bert'})")
-    env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, check=True,
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=child_environment(), check=True,
                    stdout=subprocess.DEVNULL, timeout=timeout)
     return time.perf_counter() - start
 

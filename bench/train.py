@@ -159,19 +159,18 @@ def save_stall_figures(steps, save_calls, state_size, save_steps):
 def run_with_gcs_emulator(argv):
     """Runs this bench again in a process whose gs:// traffic goes to a local fake-gcs-server."""
     sys.path.insert(0, os.path.join(ROOT, "tests"))
-    from gcs_emulator import LOOPBACK, GcsEmulator  # pylint: disable=import-outside-toplevel
+    from gcs_emulator import GcsEmulator  # pylint: disable=import-outside-toplevel
 
     argv = [a for a in argv if a != "--gcs_emulator"] + ["--save_dir", "gs://bench/run"]
     with tempfile.TemporaryDirectory() as tmp:
         os.makedirs(os.path.join(tmp, "buckets", "bench"))
         emulator = GcsEmulator(tmp, os.path.join(tmp, "buckets"))
         try:
-            env = emulator.environment()
             # TensorStore's array data straight to the emulator: the proxy (Python, for
             # faults and TensorFlow's TLS) would take CPU a remote bucket does not.
-            env["TENSORSTORE_GCS_HTTP_URL"] = f"http://{LOOPBACK}:{emulator.port}"
             result = subprocess.run([sys.executable, os.path.abspath(__file__)] + argv,
-                                    env=env, check=False)
+                                    env=emulator.environment(tensorstore_direct=True),
+                                    check=False)
         finally:
             emulator.close()
     sys.exit(result.returncode)
