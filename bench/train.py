@@ -104,18 +104,20 @@ def timed_saves(devices_feed, p_train_step, state, batches, data, save_dir, save
     Returns the state, [(seconds, overlapped a save)] per step, and the seconds of each
     save() call, timed apart from the steps: the call is the synchronous part of a
     save (the copy to host memory and the input position), the steps after it run
-    while the save is written.
+    while the save is written. Once `seconds` have passed no save starts, and the
+    steps go on until the last one is written (a save longer than save_steps steps
+    would otherwise go on for ever).
     """
     ckpt = checkpoints.Checkpoints(save_dir, save_total_limit=2)
     steps, save_calls, step, start = [], [], 0, time.perf_counter()
-    while time.perf_counter() - start < seconds or ckpt.saving():
+    while (in_time := time.perf_counter() - start < seconds) or ckpt.saving():
         began = time.perf_counter()
         overlapped = ckpt.saving()
         state, metrics = p_train_step(state, next(batches))
         jax.block_until_ready(metrics)
         steps.append((time.perf_counter() - began, overlapped or ckpt.saving()))
         step += 1
-        if step % save_steps == 0:
+        if in_time and step % save_steps == 0:
             called = time.perf_counter()
             ckpt.save(step, devices_feed.saveable(state), data)
             save_calls.append(time.perf_counter() - called)
