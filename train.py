@@ -12,6 +12,7 @@ train state, checkpoint), trains (`train`: the loop), evaluates
 (log, evaluate, save, stop) is decided in one place, `after_step`.
 """
 
+import faulthandler
 import sys
 
 import pipeline  # noqa: F401  (first: it quiets TensorFlow's start-up before TensorFlow loads)
@@ -365,8 +366,11 @@ def main(argv=None):
     """Runs train_and_evaluate on argv (default: the command line).
 
     A user's error (pipeline.errors.user_message) is one `error:` line and exit
-    status 1; any other exception is a bug and keeps its traceback.
+    status 1; any other exception is a bug and keeps its traceback. A native
+    crash (XLA, TensorFlow, TensorStore, the profiler) prints every thread's
+    Python stack rather than ending the run without a word.
     """
+    faulthandler.enable()
     model_args, data_args, training_args = (
         COMMAND_LINE if argv is None and COMMAND_LINE else args_lib.parse_args(argv))
     try:

@@ -97,7 +97,7 @@ def run(config_file, timeout=240, *, env=None, cwd=ROOT):
 def run_to_end(directory, config):
     """(output_dir, console) of a whole run of `config` into directory/run that succeeded."""
     code, console = run(write_config(directory / "config.json", config, directory / "run"))
-    assert code == 0, console[-4000:]
+    assert code == 0, f"exit status {code}:\n{console[-4000:]}"
     return directory / "run", console
 
 
