@@ -366,11 +366,8 @@ def main(argv=None):
     """Runs train_and_evaluate on argv (default: the command line).
 
     A user's error (pipeline.errors.user_message) is one `error:` line and exit
-    status 1; any other exception is a bug and keeps its traceback. A native
-    crash (XLA, TensorFlow, TensorStore, the profiler) prints every thread's
-    Python stack rather than ending the run without a word.
+    status 1; any other exception is a bug and keeps its traceback.
     """
-    faulthandler.enable()
     model_args, data_args, training_args = (
         COMMAND_LINE if argv is None and COMMAND_LINE else args_lib.parse_args(argv))
     try:
@@ -387,4 +384,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    # A native crash (XLA, TensorFlow, TensorStore, the profiler) prints every thread's Python
+    # stack rather than ending the run without a word.
+    faulthandler.enable()
     main()
