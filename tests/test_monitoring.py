@@ -4,6 +4,8 @@ import io
 import logging as py_logging
 import time
 
+import jax
+import jax.numpy as jnp
 import pytest
 import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
@@ -137,3 +139,23 @@ def test_a_console_line_clears_a_bar_drawn_in_place(capsys):
     console.show("done")  # a closed bar is left alone
     assert stream.getvalue().endswith("\n")
     assert capsys.readouterr().out == "Evaluating at step 3\ndone\n"
+
+
+def test_profile_traces_its_steps_without_python_calls(tmp_path):
+    monitor = monitoring.Monitor(str(tmp_path), total_steps=20, start_step=0, logging_steps=5,
+                                 tokens_per_step=1000, profile_steps=3)
+    step_fn = jax.jit(lambda x: jnp.tanh(x) * 2)
+    traces = lambda: list(tmp_path.glob("plugins/profile/*/*.xplane.pb"))  # noqa: E731
+
+    def python_call_in_the_loop(x):
+        return step_fn(x).block_until_ready()
+
+    for step in range(1, 21):
+        with jax.profiler.StepTraceAnnotation("train", step_num=step):
+            python_call_in_the_loop(jnp.ones(8))
+        monitor.step_done(step)
+        assert len(traces()) == (step >= 13), f"after step {step}: {traces()}"  # steps 11-13
+    names = {event.name for plane in jax.profiler.ProfileData.from_file(str(traces()[0])).planes
+             for line in plane.lines for event in line.events}
+    assert "train" in names, sorted(names)[:20]
+    assert not [name for name in names if "python_call_in_the_loop" in name]

@@ -190,7 +190,9 @@ class TrainingArguments(StepOptions):
     save_total_limit: Optional[int] = field(
         default=None, metadata={"help": "Keep at most this many checkpoints (default: all)."})
     profile_steps: int = field(
-        default=0, metadata={"help": "Profile this many steps (TensorBoard trace); 0: off."})
+        default=0, metadata={"help": "Profile this many steps, about 10 steps in, for TensorBoard's "
+                                     "profile tab (steps, XLA ops, host threads; no per-call "
+                                     "Python events); 0: off."})
     compilation_cache_dir: Optional[str] = field(
         default=None,
         metadata={"help": "JAX's persistent compilation cache, so that a restarted run skips "
