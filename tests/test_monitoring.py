@@ -159,3 +159,16 @@ def test_profile_traces_its_steps_without_python_calls(tmp_path):
              for line in plane.lines for event in line.events}
     assert "train" in names, sorted(names)[:20]
     assert not [name for name in names if "python_call_in_the_loop" in name]
+
+
+def test_a_profile_that_cannot_start_is_a_warning_not_the_end_of_the_run(tmp_path, caplog):
+    monitor = monitoring.Monitor(str(tmp_path / "run"), total_steps=20, start_step=0,
+                                 logging_steps=5, tokens_per_step=1000, profile_steps=3)
+    jax.profiler.start_trace(str(tmp_path / "other"))  # someone else's trace is running
+    try:
+        for step in range(1, 21):
+            monitor.step_done(step)
+    finally:
+        jax.profiler.stop_trace()
+    assert "No profile of steps 11-13: Profile has already been started" in caplog.text
+    assert not list((tmp_path / "run").glob("plugins/profile/*/*.xplane.pb"))

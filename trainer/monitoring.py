@@ -143,7 +143,11 @@ class StepProfile:
         if step == self.first_step:
             options = jax.profiler.ProfileOptions()
             options.python_tracer_level = 0
-            jax.profiler.start_trace(self.logdir, profiler_options=options)
+            try:
+                jax.profiler.start_trace(self.logdir, profiler_options=options)
+            except RuntimeError as error:  # another trace is running: training goes on without
+                logging.warning("No profile of steps %d-%d: %s", step + 1, self.last_step, error)
+                return
             self.running = True
         elif step == self.last_step and self.running:
             jax.profiler.stop_trace()
