@@ -2,6 +2,7 @@
 
 import io
 import logging as py_logging
+import pathlib
 import time
 
 import jax
@@ -21,6 +22,11 @@ def read_scalars(logdir):
     return {tag: {e.step: float(tf.make_ndarray(e.tensor_proto)) for e in events.Tensors(tag)}
             for tag in events.Tags()["tensors"]
             if events.SummaryMetadata(tag).plugin_data.plugin_name == "scalars"}
+
+
+def profile_traces(logdir):
+    """The profiler's trace files under a TensorBoard log directory (its profile tab's)."""
+    return list(pathlib.Path(logdir).glob("plugins/profile/*/*.xplane.pb"))
 
 
 class Terminal(io.StringIO):
@@ -57,10 +63,11 @@ def test_format_duration(seconds, text):
     assert monitoring.format_duration(seconds) == text
 
 
-def make_monitor(logdir, start_step):
+def make_monitor(logdir, start_step, profile_steps=0):
     return monitoring.Monitor(str(logdir), total_steps=20, start_step=start_step,
                               logging_steps=5, tokens_per_step=1000,
-                              hparams={"learning_rate": 0.1, "model_type": "bert", "x": None})
+                              hparams={"learning_rate": 0.1, "model_type": "bert", "x": None},
+                              profile_steps=profile_steps)
 
 
 def test_monitor_writes_train_and_eval_scalars_to_tensorboard(tmp_path):
@@ -142,10 +149,8 @@ def test_a_console_line_clears_a_bar_drawn_in_place(capsys):
 
 
 def test_profile_traces_its_steps_without_python_calls(tmp_path):
-    monitor = monitoring.Monitor(str(tmp_path), total_steps=20, start_step=0, logging_steps=5,
-                                 tokens_per_step=1000, profile_steps=3)
+    monitor = make_monitor(tmp_path, 0, profile_steps=3)
     step_fn = jax.jit(lambda x: jnp.tanh(x) * 2)
-    traces = lambda: list(tmp_path.glob("plugins/profile/*/*.xplane.pb"))  # noqa: E731
 
     def python_call_in_the_loop(x):
         return step_fn(x).block_until_ready()
@@ -154,16 +159,16 @@ def test_profile_traces_its_steps_without_python_calls(tmp_path):
         with jax.profiler.StepTraceAnnotation("train", step_num=step):
             python_call_in_the_loop(jnp.ones(8))
         monitor.step_done(step)
-        assert len(traces()) == (step >= 13), f"after step {step}: {traces()}"  # steps 11-13
-    names = {event.name for plane in jax.profiler.ProfileData.from_file(str(traces()[0])).planes
+        traces = profile_traces(tmp_path)
+        assert len(traces) == (step >= 13), f"after step {step}: {traces}"  # steps 11-13
+    names = {event.name for plane in jax.profiler.ProfileData.from_file(str(traces[0])).planes
              for line in plane.lines for event in line.events}
     assert "train" in names, sorted(names)[:20]
     assert not [name for name in names if "python_call_in_the_loop" in name]
 
 
 def test_a_profile_that_cannot_start_is_a_warning_not_the_end_of_the_run(tmp_path, caplog):
-    monitor = monitoring.Monitor(str(tmp_path / "run"), total_steps=20, start_step=0,
-                                 logging_steps=5, tokens_per_step=1000, profile_steps=3)
+    monitor = make_monitor(tmp_path / "run", 0, profile_steps=3)
     jax.profiler.start_trace(str(tmp_path / "other"))  # someone else's trace is running
     try:
         for step in range(1, 21):
@@ -171,4 +176,4 @@ def test_a_profile_that_cannot_start_is_a_warning_not_the_end_of_the_run(tmp_pat
     finally:
         jax.profiler.stop_trace()
     assert "No profile of steps 11-13: Profile has already been started" in caplog.text
-    assert not list((tmp_path / "run").glob("plugins/profile/*/*.xplane.pb"))
+    assert not profile_traces(tmp_path / "run")

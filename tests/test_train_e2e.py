@@ -16,6 +16,7 @@ import pytest
 import train
 from trainer import checkpoints, run_dir
 
+from test_monitoring import profile_traces
 from train_runs import (PARALLELISM, finish, logged_scalars, read_until, run, run_to_end,
                         start, tiny_config, write_config)
 
@@ -55,7 +56,7 @@ def test_trains_evaluates_and_logs(uninterrupted):
     assert results["perplexity"] == pytest.approx(np.exp(results["eval_loss"]), rel=1e-5)
     assert "tensorboard --logdir" in console and "Traceback" not in console
     assert max(map(int, os.listdir(output_dir / run_dir.CHECKPOINT_DIR))) == STEPS
-    traces = list((output_dir / run_dir.LOG_DIR / "plugins" / "profile").glob("*/*.xplane.pb"))
+    traces = profile_traces(output_dir / run_dir.LOG_DIR)
     assert len(traces) == 1, "expected one profile of profile_steps steps"
 
 
