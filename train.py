@@ -37,7 +37,7 @@ import model  # noqa: E402
 from model import configuration  # noqa: E402
 from pipeline import errors, inputs, mixture  # noqa: E402
 from pipeline.errors import UserError  # noqa: E402
-from trainer import checkpoints, cluster, compilation_cache, console, data  # noqa: E402
+from trainer import checkpoints, cluster, compilation_cache, compile_log, console, data  # noqa: E402
 from trainer import evaluation, export as export_lib, feed as feed_lib, mixtures  # noqa: E402
 from trainer import monitoring, optimizers, resume, run_dir, schedules, stopping  # noqa: E402
 from trainer import step as step_lib  # noqa: E402
@@ -84,12 +84,15 @@ class Run:
 
 def train_and_evaluate(model_args, data_args, training_args):
     """Trains (resuming from output_dir), evaluates, checkpoints, exports; returns eval results."""
-    run, state = set_up(model_args, data_args, training_args)
-    try:
-        state, step = train(run, state) if run.do_train else (state, run.start_step)
-        eval_results = final_evaluation(run, state, step) if run.do_eval else {}
-    finally:
-        run.close()
+    with compile_log.CompileLog() as compiles:
+        run, state = set_up(model_args, data_args, training_args)
+        try:
+            state, step = train(run, state) if run.do_train else (state, run.start_step)
+            eval_results = final_evaluation(run, state, step) if run.do_eval else {}
+        finally:
+            run.close()
+    if run.is_chief:
+        console.show(compiles.summary())
     export(run, state, eval_results)
     return eval_results
 

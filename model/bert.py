@@ -267,7 +267,7 @@ class ForMaskedLM(_Base):
     """
 
     def __hash__(self):
-        # transformers configs are unhashable; hashing their JSON lets callers
+        # Configs are mutable, hence unhashable; hashing their JSON lets callers
         # pass the module as a static argument to jax.jit.
         return hash((type(self), jnp.dtype(self.dtype).name, self.config.to_json_string()))
 

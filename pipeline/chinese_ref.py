@@ -18,7 +18,7 @@ import logging
 import multiprocessing
 import re
 
-import transformers
+from pipeline.tokenizer_files import load_tokenizer
 
 # CJK Unified Ideographs and their extensions, plus compatibility ideographs: the ranges
 # BERT's tokenizer treats as Chinese characters.
@@ -136,7 +136,7 @@ def main(argv=None):
     parser.add_argument("--output", required=True, help="Ref file to write.")
     parser.add_argument("--workers", type=int, default=multiprocessing.cpu_count())
     args = parser.parse_args(argv)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(args.tokenizer)
+    tokenizer = load_tokenizer(args.tokenizer)
     count = write_refs(args.input, tokenizer, args.output, args.workers)
     print(f"wrote {count} reference lines to {args.output}")
 

@@ -23,60 +23,13 @@ seconds at each start of a run, is off for the datasets built here
 (`do_not_convert` on the functions that build them).
 """
 
-import os
-
-import huggingface_hub
 import tensorflow as tf
-import transformers
 
 from pipeline import masking, mixture, pack, python_calls, sources, tokenize
-from pipeline.errors import InputError
+from pipeline.tokenizer_files import load_tokenizer  # noqa: F401  (the trainer's entry to it)
 
 _FEATURES = ("input_ids", "attention_mask", "token_type_ids", "labels", "masked_positions",
              "masked_ids", "masked_weights")
-
-
-def load_tokenizer(name_or_path):
-    """The model's Hugging Face fast tokenizer (a directory or a hub name)."""
-    try:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(str(name_or_path))
-    except (OSError, ValueError) as error:
-        raise InputError(_no_tokenizer(name_or_path, error)) from error
-    if len(tokenizer) <= len(set(tokenizer.all_special_ids)):
-        # What transformers 5 builds from a directory holding only a model's config.json.
-        raise InputError(_no_tokenizer(name_or_path, "it loads with special tokens only"))
-    if not tokenizer.is_fast:
-        raise InputError(f"tokenizer at {str(name_or_path)!r} is not a fast (Rust) tokenizer")
-    return tokenizer
-
-
-def _no_tokenizer(name_or_path, error):
-    """One line that says what was found instead (transformers' own text runs to many lines).
-
-    A path that cannot be a Hub name ('runs/x/tokenizer', './tok') is a
-    missing directory; transformers would call it a malformed repository id.
-    """
-    if os.path.isdir(name_or_path):
-        files = sorted(os.listdir(name_or_path))
-        shown = ", ".join(files[:5]) + (", ..." if len(files) > 5 else "")
-        reason = f"the directory holds {shown or 'nothing'}"
-    elif not _could_be_hub_name(str(name_or_path)):
-        reason = "the directory does not exist"
-    elif "couldn't connect" in str(error).lower():
-        reason = ("there is no such directory, and the Hugging Face Hub cannot be reached "
-                  "(no network)")
-    else:
-        reason = str(error).strip().splitlines()[0]
-    return (f"no tokenizer at {str(name_or_path)!r}: expected a directory with tokenizer.json "
-            f"(or a hub name); {reason}")
-
-
-def _could_be_hub_name(name):
-    try:
-        huggingface_hub.utils.validate_repo_id(name)
-    except huggingface_hub.utils.HFValidationError:
-        return False
-    return True
 
 
 @tf.autograph.experimental.do_not_convert

@@ -36,7 +36,25 @@ def config(request, corpus_file, tokenizer_dir):
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory, config):
-    return run_to_end(tmp_path_factory.mktemp("uninterrupted"), config)
+    """The whole run, its console listing every module it imported (python -X importtime)."""
+    return run_to_end(tmp_path_factory.mktemp("uninterrupted"), config,
+                      env=dict(os.environ, PYTHONPROFILEIMPORTTIME="1"))
+
+
+def imported_modules(console):
+    """The modules `python -X importtime` listed, by full name."""
+    return {line.rsplit("|", 1)[-1].strip() for line in console.splitlines()
+            if line.startswith("import time:")}
+
+
+@pytest.mark.slow
+def test_a_run_on_text_files_imports_no_torch_and_no_dataset_library(uninterrupted):
+    """torch is installed here (the parity tests use it); a run has no use for it."""
+    imported = imported_modules(uninterrupted[1])
+    assert {"tensorflow", "jax", "tokenizers"} <= imported  # what a run does import is listed
+    unused = imported & {"torch", "tensorflow_datasets", "datasets", "jieba",
+                         "google.cloud.storage"}
+    assert not unused, sorted(unused)
 
 
 @pytest.mark.slow

@@ -94,9 +94,10 @@ def run(config_file, timeout=240, *, env=None, cwd=ROOT):
     return result.returncode, result.stdout + result.stderr
 
 
-def run_to_end(directory, config):
+def run_to_end(directory, config, env=None):
     """(output_dir, console) of a whole run of `config` into directory/run that succeeded."""
-    code, console = run(write_config(directory / "config.json", config, directory / "run"))
+    code, console = run(write_config(directory / "config.json", config, directory / "run"),
+                        env=env)
     assert code == 0, f"exit status {code}:\n{console[-4000:]}"
     return directory / "run", console
 
