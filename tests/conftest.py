@@ -1,16 +1,27 @@
 """Shared fixtures: the embedded corpus and a WordPiece tokenizer trained on it.
 
 The environment is set before TensorFlow or JAX is imported: 8 CPU devices
-for pmap tests, and no TensorFlow start-up chatter.
+for pmap tests, no TensorFlow start-up chatter, and one persistent
+compilation cache for the whole session (every program, however quick to
+compile), which the in-process runs and every train.py subprocess share: the
+tests run the same tiny model again and again, and test resuming, not XLA.
+Tests of the cache itself set their own.
 """
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="mlm-stream-jax-cache-")
+    atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 import pytest  # noqa: E402
 
@@ -47,11 +58,3 @@ def tokenizer(tokenizer_dir):
 def vocab(tokenizer):
     """Its special ids and word-continuation table, as the pipeline sees them."""
     return tokenize.vocabulary(tokenizer)
-
-
-@pytest.fixture(scope="module")
-def jax_cache_per_module(tmp_path_factory):
-    """One persistent compilation cache for a test module's train.py runs (train_runs)."""
-    from train_runs import shared_compilation_cache  # pylint: disable=import-outside-toplevel
-    with shared_compilation_cache(tmp_path_factory.mktemp("jax_cache")):
-        yield

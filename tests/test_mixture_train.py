@@ -17,8 +17,6 @@ from trainer import checkpoints, mixtures, run_dir
 from train_runs import (finish, logged_scalars, read_until, run, run_to_end, start,
                         tiny_config, write_config)
 
-pytestmark = pytest.mark.usefixtures("jax_cache_per_module")
-
 STEPS = 24
 NAMES = ("big", "mid", "small")
 WEIGHTS = (0.5, 0.3, 0.2)

@@ -198,12 +198,10 @@ def finish(procs, until=None):
     return [p.returncode for p in procs]
 
 
-def cluster_env(directory):
+def cluster_env():
     return dict(os.environ,
                 XLA_FLAGS=f"--xla_force_host_platform_device_count={DEVICES_PER_HOST}",
-                JAX_PLATFORMS="cpu",
-                JAX_COMPILATION_CACHE_DIR=str(directory / "jax_cache"),
-                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+                JAX_PLATFORMS="cpu")
 
 
 @pytest.fixture(scope="module", params=sorted(train_runs.PARALLELISM))
@@ -211,7 +209,7 @@ def cluster(request, tmp_path_factory, data_config, tokenizer_dir):
     """Run 1 killed after its first checkpoint, run 2 resumed to the end: logs, pids, dirs."""
     directory = tmp_path_factory.mktemp(f"multihost_run_{request.param}")
     output_dir = directory / "out"
-    env = cluster_env(directory)
+    env = cluster_env()
     runs = []
     for name, until in (("killed", lambda: committed_steps(output_dir)), ("resumed", None)):
         procs = start_cluster(directory, data_config, tokenizer_dir, output_dir, env, name,
@@ -339,7 +337,7 @@ def test_bad_data_on_one_host_stops_every_host_with_one_error(tmp_path, data, da
         (bad_dir / f"train{i}.txt.gz").write_bytes(gzip.compress(b"".join(lines)))
     config = dataclasses.replace(data_config, train_file=str(bad_dir / "train*.txt.gz"))
     output_dir = tmp_path / "out"
-    procs = start_cluster(tmp_path, config, tokenizer_dir, output_dir, cluster_env(tmp_path),
+    procs = start_cluster(tmp_path, config, tokenizer_dir, output_dir, cluster_env(),
                           "bad")
     codes = finish(procs)
     logs = [(tmp_path / f"bad_{i}.log").read_text("utf-8") for i in range(HOSTS)]
@@ -370,7 +368,7 @@ def test_a_mixture_on_two_hosts_evaluates_every_example_of_each_source_once(
                                for n in ("x", "y")]}
     output_dir = tmp_path / "out"
     procs = start_cluster(tmp_path, data_config, tokenizer_dir, output_dir,
-                          cluster_env(tmp_path), "mixture", settings)
+                          cluster_env(), "mixture", settings)
     codes = finish(procs)
     logs = [(tmp_path / f"mixture_{i}.log").read_text("utf-8") for i in range(HOSTS)]
     assert codes == [0] * HOSTS, "\n".join(log[-3000:] for log in logs)

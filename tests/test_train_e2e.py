@@ -20,8 +20,6 @@ from test_monitoring import profile_traces
 from train_runs import (PARALLELISM, finish, logged_scalars, read_until, run, run_to_end,
                         start, tiny_config, write_config)
 
-pytestmark = pytest.mark.usefixtures("jax_cache_per_module")
-
 STEPS = 40
 GRACE_SECONDS = 30  # what a preempted Cloud VM (and Kubernetes, by default) allows after SIGTERM
 

@@ -9,7 +9,6 @@ still a temporary one, deterministically and without a sleep in product code.
 committed a checkpoint of its own.)
 """
 
-import contextlib
 import json
 import os
 import subprocess
@@ -43,20 +42,6 @@ def tiny_config(corpus_file, tokenizer_dir, **overrides):
         "logging_steps": 1,
         **overrides,
     }
-
-
-@contextlib.contextmanager
-def shared_compilation_cache(directory):
-    """Runs started inside reuse the first one's compiled steps: reruns test resuming, not XLA.
-
-    Test modules of train.py runs take it through conftest's `jax_cache_per_module`."""
-    os.environ["JAX_COMPILATION_CACHE_DIR"] = str(directory)
-    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
-    try:
-        yield
-    finally:
-        for name in ("JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"):
-            del os.environ[name]
 
 
 def logged_scalars(output_dir):
