@@ -17,6 +17,7 @@ where the vocabulary has it, as that class would.
 
 import json
 import os
+import shutil
 
 import huggingface_hub
 import tokenizers
@@ -34,7 +35,10 @@ _CONVENTIONAL = {
 
 
 def load_tokenizer(name_or_path):
-    """The model's fast tokenizer (a directory or a hub name), as PreTrainedTokenizerFast."""
+    """The model's fast tokenizer (a directory or a hub name), as PreTrainedTokenizerFast.
+
+    Its `source_dir` is the local directory its files were read from (see save_tokenizer).
+    """
     name = str(name_or_path)
     local = os.path.isdir(name)
     directory = name if local else _hub_files(name)
@@ -49,10 +53,25 @@ def load_tokenizer(name_or_path):
                          f"{str(error).strip().splitlines()[0]}") from error
     settings = _settings(directory)
     roles = _roles(settings, backend)
-    return transformers.PreTrainedTokenizerFast(
+    tokenizer = transformers.PreTrainedTokenizerFast(
         tokenizer_object=backend, name_or_path=name, **roles,
         **{key: settings[key] for key in ("model_max_length", "additional_special_tokens")
            if key in settings})
+    tokenizer.source_dir = directory
+    return tokenizer
+
+
+def save_tokenizer(tokenizer, directory):
+    """Copies the files a tokenizer was loaded from into the local `directory`.
+
+    Not save_pretrained: that would name the generic class it was loaded as
+    (TokenizersBackend, which transformers 4 does not have) where the files
+    name the tokenizer's own (BertTokenizer, ...).
+    """
+    for file_name in (TOKENIZER_FILE, *_ROLE_FILES):
+        path = os.path.join(tokenizer.source_dir, file_name)
+        if os.path.isfile(path):
+            shutil.copyfile(path, os.path.join(directory, file_name))
 
 
 def _hub_files(name):

@@ -272,7 +272,7 @@ def test_bad_line_deep_in_training_is_one_line_in_a_terminal(data, tokenizer_dir
     argv = flags(tokenizer_dir, data / "deep.jsonl", out, "--read_block_bytes", "16384",
                  "--blocks_mixed", "2")  # the bad block is met after about 190 steps
     argv[argv.index("--max_steps") + 1] = "1000"
-    argv[argv.index("--save_steps") + 1] = "5"
+    argv[argv.index("--save_steps") + 1] = "50"
     result = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), *argv], cwd=ROOT,
                             capture_output=True, text=True, timeout=240, check=False)
     assert result.returncode == 1, result.stderr[-3000:]
@@ -281,4 +281,4 @@ def test_bad_line_deep_in_training_is_one_line_in_a_terminal(data, tokenizer_dir
     assert errors == [f"error: {data}/deep.jsonl: line 1101: malformed JSON (Unterminated "
                       "string starting at: line 1 column 10 (char 9))"], result.stderr[-3000:]
     steps = sorted(int(s) for s in os.listdir(out / "checkpoints"))
-    assert steps and steps[-1] >= 5  # trained past the first read batch before meeting it
+    assert steps and steps[-1] >= 50  # trained past the first read batch before meeting it

@@ -75,7 +75,9 @@ def proxy(emulator):
 class Runs:
     """Starts train.py runs on one gs:// output_dir, each from its own new working directory."""
 
-    def __init__(self, emulator, config, tmp_path, run, **env):
+    def __init__(self, emulator, config, tmp_path, run, cache_in_bucket=True, **env):
+        """cache_in_bucket: JAX's compilation cache in the bucket (train.py's default), or
+        the test session's local one, where the test is not about it."""
         self.output_dir = gs(run)
         self.tmp_path = tmp_path
         self.config_file = train_runs.write_config(tmp_path / f"{run}.json", config,
@@ -83,7 +85,8 @@ class Runs:
         # Small compiled steps are cached too, so that a rerun's cache hit can be seen.
         self.env = dict(emulator.environment(), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                         **env)
-        self.env.pop("JAX_COMPILATION_CACHE_DIR", None)  # the default: under output_dir
+        if cache_in_bucket:
+            self.env.pop("JAX_COMPILATION_CACHE_DIR", None)  # the default: under output_dir
         self.workdir = None
         self.count = 0
 
@@ -294,7 +297,7 @@ def test_uploads_cut_mid_transfer_are_retried(emulator, proxy, config, tmp_path,
     proxy.direction, proxy.tunnels_only, proxy.cut_every = "upload", False, 2
     proxy.cut_after_bytes, proxy.cuts_left = 32_000, 10**9
     before = dict(proxy.cuts_by_entrance)
-    runs = Runs(emulator, config, tmp_path, "cut", **FAST_RETRIES)
+    runs = Runs(emulator, config, tmp_path, "cut", cache_in_bucket=False, **FAST_RETRIES)
     pid, code, console = runs.run()
     assert code == 0, console[-4000:]
     proxy.cuts_left = 0
@@ -311,7 +314,7 @@ def test_uploads_cut_mid_transfer_are_retried(emulator, proxy, config, tmp_path,
 @pytest.mark.slow
 def test_uploads_that_keep_failing_stop_the_run_naming_the_bucket_path(
         emulator, proxy, config, tmp_path, uninterrupted):
-    runs = Runs(emulator, config, tmp_path, "failing", **FAST_RETRIES)
+    runs = Runs(emulator, config, tmp_path, "failing", cache_in_bucket=False, **FAST_RETRIES)
     process = runs.start()
     train_runs.read_until(process, f"train {SAVE_STEPS + 1}/")
     deadline = time.monotonic() + 60

@@ -111,3 +111,13 @@ def test_a_hub_name_loads_from_the_cache_and_no_torch_is_imported(tmp_path, toke
     assert result.returncode == 0, result.stderr[-3000:]
     expected = transformers.AutoTokenizer.from_pretrained(str(tokenizer_dir))
     assert result.stdout.split() == [str(len(expected)), str(expected.mask_token_id), "False"]
+
+
+def test_saving_writes_the_files_it_was_read_from(tmp_path, tokenizer_dir):
+    """The export names the tokenizer's own class, which transformers 4 and 5 both load."""
+    tokenizer_files.save_tokenizer(tokenizer_files.load_tokenizer(tokenizer_dir), tmp_path)
+    assert sorted(os.listdir(tmp_path)) == sorted(os.listdir(tokenizer_dir))
+    for name in os.listdir(tmp_path):
+        assert (tmp_path / name).read_bytes() == (tokenizer_dir / name).read_bytes()
+    assert json.loads((tmp_path / "tokenizer_config.json").read_text())[
+        "tokenizer_class"] == "BertTokenizer"

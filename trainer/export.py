@@ -10,7 +10,7 @@ import os
 import numpy as np
 
 import model
-from pipeline import sources
+from pipeline import sources, tokenizer_files
 from trainer import console, run_dir
 
 
@@ -26,7 +26,7 @@ def write_outputs(output_dir, eval_results, trained=None):
         if trained:
             module, params, tokenizer = trained
             model.save_pretrained(directory, module, params)
-            tokenizer.save_pretrained(directory)
+            tokenizer_files.save_tokenizer(tokenizer, directory)
     if trained:
         console.show(f"Exported the model and tokenizer (Hugging Face format) to {output_dir}")
 
