@@ -17,6 +17,10 @@ import sys
 
 import pipeline  # noqa: F401  (first: it quiets TensorFlow's start-up before TensorFlow loads)
 from trainer import args as args_lib  # (light: no TensorFlow, JAX or transformers)
+from trainer import memory
+
+if __name__ == "__main__":
+    memory.limit_arenas()  # before TensorFlow's and XLA's threads start
 
 # Run as a script, the command line is read before TensorFlow and JAX load (seconds), so
 # that --help and a mistyped flag answer at once.
