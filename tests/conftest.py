@@ -1,19 +1,22 @@
 """Shared fixtures: the embedded corpus and a WordPiece tokenizer trained on it.
 
 The environment is set before TensorFlow or JAX is imported: 8 CPU devices
-for pmap tests, no TensorFlow start-up chatter, and one persistent
-compilation cache for the whole session (every program, however quick to
-compile), which the in-process runs and every train.py subprocess share: the
-tests run the same tiny model again and again, and test resuming, not XLA.
-Tests of the cache itself set their own.
+for pmap tests (compiled as train_runs.TEST_XLA_FLAGS says), no TensorFlow
+start-up chatter, and one persistent compilation cache for the whole session
+(every program, however quick to compile), which the in-process runs and
+every train.py subprocess share: the tests run the same tiny model again and
+again, and test resuming, not XLA. Tests of the cache itself set their own.
 """
 
 import atexit
+import collections
 import os
 import shutil
 import tempfile
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+import train_runs  # (light: it imports neither TensorFlow nor JAX)
+
+os.environ.setdefault("XLA_FLAGS", train_runs.xla_flags(8))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -58,3 +61,11 @@ def tokenizer(tokenizer_dir):
 def vocab(tokenizer):
     """Its special ids and word-continuation table, as the pipeline sees them."""
     return tokenize.vocabulary(tokenizer)
+
+
+def pytest_collection_modifyitems(items):
+    """Modules with the most slow tests first: run on several workers, module by module
+    (`make test`), the longest start first and the short ones fill in at the end."""
+    slow = collections.Counter(item.module.__name__ for item in items
+                               if item.get_closest_marker("slow"))
+    items.sort(key=lambda item: -slow[item.module.__name__])  # stable: each module's order

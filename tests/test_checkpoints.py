@@ -283,7 +283,7 @@ KILL_DURING_SAVE = textwrap.dedent("""
 def test_kill_during_checkpoint_write_keeps_previous_checkpoint(tmp_path):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     script = KILL_DURING_SAVE.format(root=root, out=str(tmp_path))
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    env = dict(os.environ, XLA_FLAGS=train_runs.xla_flags(2))
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                             env=env, timeout=120, check=False)
     assert result.returncode == -signal.SIGKILL, result.stderr[-2000:]

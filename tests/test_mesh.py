@@ -165,7 +165,7 @@ def run_on(tmp_path, config, devices, name, **settings):
     """(pid, console) of a train.py subprocess on `devices` CPU devices; it must succeed."""
     config_file = train_runs.write_config(tmp_path / f"{name}.json", dict(config, **settings),
                                           tmp_path / "run")
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    env = dict(os.environ, XLA_FLAGS=train_runs.xla_flags(devices))
     process = train_runs.start(config_file, env=env)
     code, console = train_runs.finish(process, timeout=300)
     assert code == 0, console[-3000:]

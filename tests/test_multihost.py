@@ -200,7 +200,7 @@ def finish(procs, until=None):
 
 def cluster_env():
     return dict(os.environ,
-                XLA_FLAGS=f"--xla_force_host_platform_device_count={DEVICES_PER_HOST}",
+                XLA_FLAGS=train_runs.xla_flags(DEVICES_PER_HOST),
                 JAX_PLATFORMS="cpu")
 
 
