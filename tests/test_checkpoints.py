@@ -21,6 +21,8 @@ from trainer import checkpoints, feed, run_dir, stopping, writer_priority
 from trainer import mesh as mesh_lib
 from trainer import step as step_lib
 
+import train_runs
+
 
 def shuffled_batches():
     """A small stateful-looking pipeline (shuffle buffer, map, prefetch) of host batches."""
