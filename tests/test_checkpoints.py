@@ -21,8 +21,6 @@ from trainer import checkpoints, feed, run_dir, stopping, writer_priority
 from trainer import mesh as mesh_lib
 from trainer import step as step_lib
 
-import train_runs
-
 
 def shuffled_batches():
     """A small stateful-looking pipeline (shuffle buffer, map, prefetch) of host batches."""
@@ -285,7 +283,8 @@ KILL_DURING_SAVE = textwrap.dedent("""
 def test_kill_during_checkpoint_write_keeps_previous_checkpoint(tmp_path):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     script = KILL_DURING_SAVE.format(root=root, out=str(tmp_path))
-    env = dict(os.environ, XLA_FLAGS=train_runs.xla_flags(2))
+    from train_runs import xla_flags  # here: the script imports this module, without tests/
+    env = dict(os.environ, XLA_FLAGS=xla_flags(2))
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                             env=env, timeout=120, check=False)
     assert result.returncode == -signal.SIGKILL, result.stderr[-2000:]
