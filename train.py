@@ -41,8 +41,8 @@ import model  # noqa: E402
 from model import configuration  # noqa: E402
 from pipeline import errors, inputs, mixture  # noqa: E402
 from pipeline.errors import UserError  # noqa: E402
-from trainer import checkpoints, cluster, compilation_cache, compile_log, console, data  # noqa: E402
-from trainer import evaluation, export as export_lib, feed as feed_lib, mixtures  # noqa: E402
+from trainer import checkpoints, cluster, compilation_cache, compile_log, console  # noqa: E402
+from trainer import data, evaluation, export as export_lib, feed as feed_lib, mixtures  # noqa: E402
 from trainer import monitoring, optimizers, resume, run_dir, schedules, stopping  # noqa: E402
 from trainer import step as step_lib  # noqa: E402
 
