@@ -42,7 +42,8 @@ from model import configuration  # noqa: E402
 from pipeline import errors, inputs, mixture  # noqa: E402
 from pipeline.errors import UserError  # noqa: E402
 from trainer import checkpoints, cluster, compilation_cache, compile_log, console  # noqa: E402
-from trainer import data, evaluation, export as export_lib, feed as feed_lib, mixtures  # noqa: E402
+from trainer import data, evaluation, export as export_lib, feed as feed_lib  # noqa: E402
+from trainer import hf_differences, mixtures  # noqa: E402
 from trainer import monitoring, optimizers, resume, run_dir, schedules, stopping  # noqa: E402
 from trainer import step as step_lib  # noqa: E402
 
@@ -123,6 +124,11 @@ def set_up(model_args, data_args, training_args):
         module, params = create_model(model_args, data_args, tokenizer, training_args.seed,
                                       shapes_only=restoring)
     data_config, train_weights = data_settings(data_args, training_args, hparams)
+    if is_chief:
+        for note in (data_config.masking_cap_note(), hf_differences.announcement(
+                data_config, training_args, do_train=do_train, do_eval=do_eval)):
+            if note:
+                console.show(note)
     train_batch = (args_lib.per_device_train_batch(training_args, jax.device_count())
                    * training_args.gradient_accumulation_steps)
     total_steps = (data.count_train_steps(data_config, tokenizer, training_args, train_batch)
@@ -215,7 +221,10 @@ def create_train_state(module, params, training_args, total_steps, feed, shapes_
     The steps are pmapped, or jitted over the feed's mesh. With shapes_only
     the state is its shapes, for a restore to fill: nothing is compiled for it.
     """
-    learning_rate_fn = schedules.schedule_from_args(training_args, max(total_steps, 1))
+    learning_rate_fn = schedules.schedule_from_args(training_args, total_steps)
+    note = schedules.warmup_note(training_args, learning_rate_fn, total_steps)
+    if note and jax.process_index() == 0:
+        console.show(note)
     tx = optimizers.create_optimizer(training_args, learning_rate_fn)
     rng = jax.random.PRNGKey(training_args.seed)
     state = (feed_lib.state_shapes(params, tx, rng) if shapes_only

@@ -8,6 +8,7 @@ defaults are run_mlm_flax.py's where it has them.
 """
 
 import dataclasses
+import math
 from typing import Optional
 
 from pipeline.errors import InputError
@@ -94,8 +95,10 @@ class DataConfig:
 
     # Masking.
     mlm_probability: float = setting(0.15, "Fraction of tokens to predict.")
-    max_predictions_per_seq: int = setting(
-        20, "At most this many predicted tokens per example.")
+    max_predictions_per_seq: Optional[int] = setting(
+        None, "At most this many predicted tokens per example. Default: "
+              "ceil(mlm_probability x max_seq_length), a full example's share (20 at 128, 77 "
+              "at 512); a smaller value caps the rate (BERT pairs 128 with 20, 512 with 80).")
     mask_replace_prob: float = setting(
         0.8, "Of the predicted tokens, the fraction set to [MASK].")
     random_replace_prob: float = setting(
@@ -110,13 +113,17 @@ class DataConfig:
     seed: int = setting(0, "Orders the data and draws the masks (train.py: the run's --seed).")
 
     def __post_init__(self):
-        for name in ("max_seq_length", "max_predictions_per_seq", "shuffle_buffer_size",
-                     "read_block_bytes", "blocks_mixed"):
+        for name in ("mlm_probability", "mask_replace_prob", "random_replace_prob"):
+            check_fraction(name, getattr(self, name))
+        check_positive("max_seq_length", self.max_seq_length)
+        if self.max_predictions_per_seq is None:
+            object.__setattr__(self, "max_predictions_per_seq",
+                               max(1, math.ceil(round(self.full_example_share, 6))))
+        for name in ("max_predictions_per_seq", "shuffle_buffer_size", "read_block_bytes",
+                     "blocks_mixed"):
             check_positive(name, getattr(self, name))
         if self.max_eval_samples is not None:
             check_positive("max_eval_samples", self.max_eval_samples)
-        for name in ("mlm_probability", "mask_replace_prob", "random_replace_prob"):
-            check_fraction(name, getattr(self, name))
         if self.mask_replace_prob + self.random_replace_prob > 1:
             raise InputError(
                 f"mask_replace_prob + random_replace_prob must be <= 1, got "
@@ -130,6 +137,26 @@ class DataConfig:
                          WORD_SEGMENTERS)
         check_choice("invalid_utf8", self.invalid_utf8, INVALID_UTF8)
         check_choice("mixture_sizes_from", self.mixture_sizes_from, SIZES_FROM)
+
+    @property
+    def full_example_share(self):
+        """Predicted tokens mlm_probability asks for in an example of max_seq_length tokens."""
+        return self.mlm_probability * self.max_seq_length
+
+    def masking_cap_note(self):
+        """One line when max_predictions_per_seq caps a full example below its share, else None.
+
+        The budget of an example of n tokens is round(n x mlm_probability) (masking.py),
+        so a full one's is round(full_example_share).
+        """
+        asked = max(1, round(self.full_example_share))
+        if self.max_predictions_per_seq >= asked:
+            return None
+        return (f"max_predictions_per_seq {self.max_predictions_per_seq} caps a full "
+                f"{self.max_seq_length}-token example at {self.max_predictions_per_seq} "
+                f"predicted tokens ({self.max_predictions_per_seq / self.max_seq_length:.1%}), "
+                f"not the {asked} ({self.mlm_probability * 100:g}%) that mlm_probability asks for; "
+                f"leave it out for the full share")
 
 
 # The checks of settings, here and of the trainer's own (trainer/args.py), in one wording.

@@ -9,6 +9,7 @@ was), and the earlier arguments are kept.
 import json
 import shutil
 
+import numpy as np
 import pytest
 
 import model
@@ -17,7 +18,7 @@ from model import configuration
 from pipeline import inputs
 from trainer import run_dir
 from test_bad_input import DOC, run_main, snapshot
-from train_runs import TINY_BERT, tiny_config, write_config
+from train_runs import TINY_BERT, logged_scalars, tiny_config, write_config
 
 RUN_FLAGS = dict(max_steps=2, save_steps=2, learning_rate=1e-3, shuffle_buffer_size=100)
 
@@ -150,3 +151,28 @@ def test_the_earlier_arguments_are_kept_until_a_fresh_start(tmp_path):
     assert moved == [("learning_rate", 1e-3, 2e-3)]  # not output_dir, nor what one run lacks
     run_dir.claim_output_dir(out, overwrite=True, run_args=second)
     assert sorted(p.name for p in out.iterdir()) == ["run_args.json"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("max_steps", [100, 50])
+def test_a_warmup_as_long_as_the_run_warms_up_through_it_and_trains(max_steps, tmp_path,
+                                                                     corpus_file, tokenizer_dir,
+                                                                     capsys):
+    """--warmup_steps 100 over 100 or 50 steps: the rate used to be 0 throughout (a linear decay
+    over T - w <= 0 steps); now it climbs through the run, as run_mlm_flax.py's does."""
+    out = tmp_path / "run"
+    config = tiny_config(corpus_file, tokenizer_dir, **dict(
+        RUN_FLAGS, max_steps=max_steps, save_steps=max_steps, warmup_steps=100,
+        learning_rate=5e-3))
+    train.main([write_config(tmp_path / "config.json", config, out)])
+    assert (f"warmup_steps 100 >= the run's {max_steps} steps: the learning rate warms up "
+            "through the whole run") in capsys.readouterr().out
+    scalars = logged_scalars(out)
+    rates, losses = scalars["train/learning_rate"], scalars["train/loss"]
+    assert sorted(rates) == list(range(1, max_steps + 1))
+    # Step s's update uses the rate at optimizer step s - 1: the warm-up's 0 only at the first.
+    assert rates[1] == 0 and all(rates[s] == pytest.approx(5e-3 * (s - 1) / 100, rel=1e-5)
+                                 for s in range(2, max_steps + 1))
+    first, last = (np.mean([losses[s] for s in steps])
+                   for steps in (range(1, 11), range(max_steps - 9, max_steps + 1)))
+    assert last < first - 0.5, (first, last)

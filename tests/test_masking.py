@@ -8,6 +8,7 @@ import tensorflow as tf
 
 from pipeline import config as config_lib
 from pipeline import masking, pack, tokenize
+from trainer import args as args_lib
 
 CONFIG = config_lib.DataConfig(max_seq_length=128, line_by_line=True, seed=3)
 
@@ -160,3 +161,42 @@ def test_masks_are_stateless_in_the_stream_position(tokenizer, vocab, corpus_fil
     assert (first != later).any()
     other_host = masking.masker(vocab, CONFIG, whole_words=False, process_index=1)
     assert (other_host(tf.constant(0, tf.int64), batch)["labels"].numpy() != first).any()
+
+
+def _prediction_share(tokenizer, vocab, corpus_file, config, sequences):
+    """Predicted tokens over real tokens, and the sequences' count, of full packed sequences."""
+    text = corpus_file.read_text(encoding="utf-8").splitlines()
+    ds = tf.data.Dataset.from_tensor_slices(text).repeat().batch(256).map(lambda t: {"text": t})
+    examples = pack.pack(tokenize.tokenize(ds, tokenizer, vocab), vocab, config).rebatch(250)
+    out = _masked(examples.take(sequences // 250), vocab, config)
+    real = out["attention_mask"].sum(axis=1)
+    assert (real == config.max_seq_length).all()  # packed: every sequence is full
+    return out["masked_weights"].sum() / real.sum(), len(real)
+
+
+def test_length_512_with_default_flags_predicts_15_percent(tokenizer, vocab, corpus_file):
+    """run_mlm_flax.py's command at --max_seq_length 512: its 15%, not a cap of 20 (3.9%)."""
+    _, data_args, training_args = args_lib.parse_args(
+        ["--max_seq_length", "512", "--output_dir", "unused"])
+    config = dataclasses.replace(args_lib.data_config(data_args, training_args), seed=3)
+    assert config.max_predictions_per_seq == 77 and config.masking_cap_note() is None
+    share, sequences = _prediction_share(tokenizer, vocab, corpus_file, config, 1000)
+    assert sequences == 1000 and abs(share - 0.15) <= 0.01
+
+    capped = dataclasses.replace(config, max_predictions_per_seq=20)
+    assert "20 predicted tokens (3.9%), not the 77 (15%)" in capped.masking_cap_note()
+    share, _ = _prediction_share(tokenizer, vocab, corpus_file, capped, 250)
+    assert share == pytest.approx(20 / 512)
+
+
+@pytest.mark.parametrize("whole_words", [False, True])
+def test_length_128_default_masks_exactly_as_before(tokenizer, vocab, corpus_file, whole_words):
+    """The default at 128 is the old fixed default, 20: the same positions for the same seed."""
+    default = dataclasses.replace(CONFIG, line_by_line=False, max_predictions_per_seq=None)
+    assert default.max_predictions_per_seq == 20 and default.masking_cap_note() is None
+    old = dataclasses.replace(default, max_predictions_per_seq=20)
+    examples = _examples(tokenizer, vocab, corpus_file, 600, default)
+    new_masks = _masked(examples, vocab, default, whole_words)
+    old_masks = _masked(examples, vocab, old, whole_words)
+    for key in ("input_ids", "labels", "masked_positions", "masked_weights"):
+        np.testing.assert_array_equal(new_masks[key], old_masks[key])

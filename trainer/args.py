@@ -223,7 +223,7 @@ class TrainingArguments(StepOptions):
         # Imported here, not at the top: both load JAX, which --help must not wait for.
         from trainer.mesh import parse_mesh_shape  # pylint: disable=import-outside-toplevel
         from trainer.schedules import (  # pylint: disable=import-outside-toplevel
-            create_learning_rate_schedule)
+            factor_names, schedule_from_args)
 
         super().__post_init__()  # the step's options
         object.__setattr__(self, "output_dir", os.path.expanduser(self.output_dir))
@@ -250,11 +250,13 @@ class TrainingArguments(StepOptions):
                 raise UserError("mesh_shape applies to --parallelism mesh only; add "
                                 "--parallelism mesh, or drop mesh_shape")
             parse_mesh_shape(self.mesh_shape)
-        # Fail on a misspelt factor now, not after the data and model have loaded.
-        create_learning_rate_schedule(self.lr_schedule, base_learning_rate=self.learning_rate,
-                                      warmup_steps=self.warmup_steps, total_steps=1)
         if self.learning_rate <= 0:
             raise UserError(f"learning_rate must be > 0, got {self.learning_rate}")
+        # Fail on a misspelt factor, or a schedule that trains nothing, before the data and
+        # model load (without max_steps, train.py checks it once it has counted the steps).
+        factor_names(self.lr_schedule)
+        if self.max_steps > 0:
+            schedule_from_args(self, self.max_steps)
 
 
 # Arguments that a JSON config may give as a list of objects (passed on as JSON text).
