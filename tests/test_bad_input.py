@@ -219,17 +219,16 @@ CASES = [
      "error: validation source blank: the validation set is empty: DATA/blank.txt has no "
      "text"),
     ("learning-rate schedule that is 0 at every step", "text.txt",
-     ["--max_steps", "1", "--warmup_steps", "10"], 2,
-     "train.py: error: lr_schedule 'constant * linear_warmup * linear_decay' (learning_rate "
-     "5e-05, warmup_steps 10) over 1 step(s) is 0 at every step: the run would train nothing "
-     "(see --help)"),
+     ["--max_steps", "1", "--warmup_steps", "10"], 1,
+     "error: lr_schedule 'constant * linear_warmup * linear_decay' (learning_rate 5e-05, "
+     "warmup_steps 10) over 1 step(s) is 0 at every step: the run would train nothing"),
     ("learning-rate schedule that is 0 at every step of the epochs counted", "text.txt",
      ["--max_steps", "-1", "--num_train_epochs", "0.001", "--warmup_steps", "10"], 1,
      "error: lr_schedule 'constant * linear_warmup * linear_decay' (learning_rate 5e-05, "
      "warmup_steps 10) over 1 step(s) is 0 at every step: the run would train nothing"),
-    ("learning rate beyond float32", "text.txt", ["--learning_rate", "1e39"], 2,
-     "train.py: error: lr_schedule 'constant * linear_warmup * linear_decay' (learning_rate "
-     "1e+39, warmup_steps 0) over 2 step(s) is not finite at step 0 (see --help)"),
+    ("learning rate beyond float32", "text.txt", ["--learning_rate", "1e39"], 1,
+     "error: lr_schedule 'constant * linear_warmup * linear_decay' (learning_rate 1e+39, "
+     "warmup_steps 0) over 2 step(s) is not finite at step 0"),
     ("resume with another batch per process", "text.txt",
      ["--per_device_train_batch_size", "1"], 1,
      "error: OUT/checkpoints/2/data was written with batches of 16 examples per process, this "

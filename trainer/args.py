@@ -222,8 +222,7 @@ class TrainingArguments(StepOptions):
     def __post_init__(self):
         # Imported here, not at the top: both load JAX, which --help must not wait for.
         from trainer.mesh import parse_mesh_shape  # pylint: disable=import-outside-toplevel
-        from trainer.schedules import (  # pylint: disable=import-outside-toplevel
-            factor_names, schedule_from_args)
+        from trainer.schedules import factor_names  # pylint: disable=import-outside-toplevel
 
         super().__post_init__()  # the step's options
         object.__setattr__(self, "output_dir", os.path.expanduser(self.output_dir))
@@ -252,11 +251,10 @@ class TrainingArguments(StepOptions):
             parse_mesh_shape(self.mesh_shape)
         if self.learning_rate <= 0:
             raise UserError(f"learning_rate must be > 0, got {self.learning_rate}")
-        # Fail on a misspelt factor, or a schedule that trains nothing, before the data and
-        # model load (without max_steps, train.py checks it once it has counted the steps).
+        # Fail on a misspelt factor now, not after the data and model have loaded. (Whether
+        # the schedule trains at all is checked by train.py: evaluating it here would start
+        # JAX's backend before a multi-host run joins its cluster.)
         factor_names(self.lr_schedule)
-        if self.max_steps > 0:
-            schedule_from_args(self, self.max_steps)
 
 
 # Arguments that a JSON config may give as a list of objects (passed on as JSON text).
