@@ -12,7 +12,9 @@ train state, checkpoint), trains (`train`: the loop), evaluates
 (log, evaluate, save, stop) is decided in one place, `after_step`.
 """
 
+import atexit
 import faulthandler
+import os
 import sys
 
 import pipeline  # noqa: F401  (first: it quiets TensorFlow's start-up before TensorFlow loads)
@@ -30,7 +32,6 @@ import collections  # noqa: E402
 import dataclasses  # noqa: E402
 import functools  # noqa: E402
 import math  # noqa: E402
-import os  # noqa: E402
 from typing import Any, NamedTuple, Optional  # noqa: E402
 
 import jax  # noqa: E402
@@ -399,8 +400,34 @@ def main(argv=None):
         sys.exit(1)
 
 
-if __name__ == "__main__":
+def exit_without_teardown(code):
+    """Ends the process once the run is over, skipping the interpreter's teardown.
+
+    By then everything is written and closed (logs, checkpoints, the export);
+    unloading TensorFlow's and XLA's runtimes would add more than a second
+    (measured: 1.2 s of a 14 s test run). The exit handlers still run: a
+    multi-host run leaves its cluster as usual.
+    """
+    if code is not None and not isinstance(code, int):
+        print(code, file=sys.stderr)
+        code = 1
+    atexit._run_exitfuncs()  # pylint: disable=protected-access
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code or 0)  # pylint: disable=protected-access
+
+
+def run_as_script(argv=None):
+    """main() for a process of its own: crashes speak, and the exit skips the teardown."""
     # A native crash (XLA, TensorFlow, TensorStore, the profiler) prints every thread's Python
     # stack rather than ending the run without a word.
     faulthandler.enable()
-    main()
+    try:
+        main(argv)
+    except SystemExit as exiting:
+        exit_without_teardown(exiting.code)
+    exit_without_teardown(0)
+
+
+if __name__ == "__main__":
+    run_as_script()

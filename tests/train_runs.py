@@ -168,4 +168,4 @@ if __name__ == "__main__":
     if sys.argv[1:2] == ["--pause_in_checkpoint_write"]:
         del sys.argv[1]
         _pause_second_checkpoint_write()
-    train.main(sys.argv[1:])
+    train.run_as_script(sys.argv[1:])
