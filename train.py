@@ -45,7 +45,8 @@ from pipeline.errors import UserError  # noqa: E402
 from trainer import checkpoints, cluster, compilation_cache, compile_log, console  # noqa: E402
 from trainer import data, evaluation, export as export_lib, feed as feed_lib  # noqa: E402
 from trainer import hf_differences, mixtures  # noqa: E402
-from trainer import monitoring, optimizers, resume, run_dir, schedules, stopping  # noqa: E402
+from trainer import monitoring, optimizers, phases, resume, run_dir, schedules  # noqa: E402
+from trainer import stopping  # noqa: E402
 from trainer import step as step_lib  # noqa: E402
 
 
@@ -120,11 +121,15 @@ def set_up(model_args, data_args, training_args):
     # Opened before the model is built: a checkpoint to restore means shapes are enough.
     ckpt = resume.open_checkpoints(training_args) if resuming else None
     restoring = ckpt is not None and ckpt.latest_step is not None
+    init = phases.plan(training_args, restoring=restoring)  # another run's checkpoint, or None
     tokenizer = load_tokenizer(model_args)
     with jax.default_device(feed.build_device):
         module, params = create_model(model_args, data_args, tokenizer, training_args.seed,
-                                      shapes_only=restoring)
-    data_config, train_weights = data_settings(data_args, training_args, hparams)
+                                      shapes_only=restoring or init is not None)
+    started_from = phases.started_from(training_args, init, restoring=restoring)
+    if started_from:
+        hparams["started_from"] = started_from
+    data_config, train_weights = data_settings(data_args, training_args, hparams, started_from)
     if is_chief:
         for note in (data_config.masking_cap_note(), hf_differences.announcement(
                 data_config, training_args, do_train=do_train, do_eval=do_eval)):
@@ -139,8 +144,10 @@ def set_up(model_args, data_args, training_args):
     eval_sets = data.validation_data(data_config, tokenizer, train_weights,
                                      training_args.per_device_eval_batch_size) if do_eval else []
     learning_rate_fn, state, p_train_step, p_eval_step = create_train_state(
-        module, params, training_args, total_steps, feed, shapes_only=restoring)
+        module, params, training_args, total_steps, feed, shapes_only=restoring, init=init)
     del params
+    if init is not None and is_chief:
+        console.show(phases.describe(init, training_args))
     ckpt, state, start_step = resume.restore_or_claim(
         training_args, hparams, ckpt=ckpt, training=do_train, feed=feed, state=state,
         train_data=train_data, learning_rate_fn=learning_rate_fn)
@@ -174,9 +181,14 @@ def load_tokenizer(model_args):
     return inputs.load_tokenizer(tokenizer_name)
 
 
-def data_settings(data_args, training_args, hparams):
-    """(the pipeline's settings, a training mixture's weights or None); the run records them."""
+def data_settings(data_args, training_args, hparams, started_from=None):
+    """(the pipeline's settings, a training mixture's weights or None); the run records them.
+
+    A run started from another's checkpoint orders its data by its own seed (phases.py).
+    """
     data_config = args_lib.data_config(data_args, training_args)
+    data_config = dataclasses.replace(
+        data_config, seed=phases.data_seed(data_config.seed, started_from))
     if not data_config.train_mixture:
         return data_config, None
     data_config, train_weights = mixture.with_resolved_weights(data_config)  # sizes read once
@@ -216,20 +228,29 @@ def create_model(model_args, data_args, tokenizer, seed, shapes_only=False):
     return module, params
 
 
-def create_train_state(module, params, training_args, total_steps, feed, shapes_only=False):
+def create_train_state(module, params, training_args, total_steps, feed, shapes_only=False,
+                       init=None):
     """(learning rate schedule, train state, train step, eval step), laid out by the feed.
 
     The steps are pmapped, or jitted over the feed's mesh. With shapes_only
     the state is its shapes, for a restore to fill: nothing is compiled for it.
+    With `init` (phases.InitCheckpoint; params are then shapes) the state is
+    read from that checkpoint, at step 0.
     """
     learning_rate_fn = schedules.schedule_from_args(training_args, total_steps)
-    note = schedules.warmup_note(training_args, learning_rate_fn, total_steps)
+    note = schedules.warmup_note(training_args, total_steps)
     if note and jax.process_index() == 0:
         console.show(note)
     tx = optimizers.create_optimizer(training_args, learning_rate_fn)
     rng = jax.random.PRNGKey(training_args.seed)
-    state = (feed_lib.state_shapes(params, tx, rng) if shapes_only
-             else feed.init_state(params, tx, rng))
+    if init is not None:
+        state = phases.initial_state(init, feed_lib.state_shapes(params, tx, rng),
+                                     params_shapes=params, tx=tx, rng=rng, feed=feed,
+                                     training_args=training_args)
+    elif shapes_only:
+        state = feed_lib.state_shapes(params, tx, rng)
+    else:
+        state = feed.init_state(params, tx, rng)
     options = step_lib.StepOptions.from_args(training_args)
     return (learning_rate_fn, state,
             feed.train_step(state, module.apply, tx, learning_rate_fn, options),

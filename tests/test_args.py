@@ -304,3 +304,16 @@ def test_the_example_mixture_config_parses_with_refs_on_the_chinese_side():
     assert (en.name, zh.name) == ("en", "zh") and (en.weight, zh.weight) == (0.3, 0.7)
     assert zh.train_ref_file and zh.validation_ref_file and not en.train_ref_file
     assert data_args.whole_word_masking and training_args.max_steps > 0
+
+
+@pytest.mark.parametrize("name", sorted(os.listdir(os.path.join(ROOT, "configs"))))
+def test_every_shipped_config_parses(name):
+    """The configs a user starts from are valid commands, phase 2's pointing at phase 1."""
+    _, data_args, training_args = parse_args([os.path.join(ROOT, "configs", name)])
+    assert data_args.max_predictions_per_seq > 0 and training_args.output_dir
+    if name == "bert-base-phase2.json":
+        with open(os.path.join(ROOT, "configs", "bert-base-pretraining.json"),
+                  encoding="utf-8") as f:
+            phase_1 = json.load(f)
+        assert training_args.init_checkpoint == phase_1["output_dir"]
+        assert data_args.max_seq_length == 512 and data_args.max_predictions_per_seq == 80

@@ -96,12 +96,12 @@ def test_warmup_as_long_as_the_run_warms_up_through_it_as_run_mlm_flax_does(tota
     steps = np.arange(total_steps)
     np.testing.assert_allclose(fn(steps), [reference(s) for s in steps], rtol=1e-6)
     assert (fn(steps[1:]) > 0).all()
-    assert schedules.warmup_note(args(), fn, total_steps) == (
+    assert schedules.warmup_note(args(), total_steps) == (
         f"warmup_steps 100 >= the run's {total_steps} steps: the learning rate warms up "
         f"through the whole run, as run_mlm_flax.py's does, to "
         f"{0.5 * (total_steps - 1) / 100:.3g} at the last step, and does not decay")
-    assert schedules.warmup_note(args(), fn, 101) is None
-    assert schedules.warmup_note(args(lr_schedule="constant * linear_decay"), fn, 50) is None
+    assert schedules.warmup_note(args(), 101) is None
+    assert schedules.warmup_note(args(lr_schedule="constant * linear_decay"), 50) is None
 
 
 def test_edges_of_each_factor():
@@ -135,3 +135,14 @@ def test_a_schedule_that_trains_nothing_or_diverges_is_refused(changes, total_st
                                         "linear_decay' .*" + re.escape(refusal)):
         schedules.schedule_from_args(args(**changes), total_steps)
     schedules.schedule_from_args(args(**changes), 0)  # an evaluation-only run: no schedule
+
+
+@pytest.mark.parametrize("factors", [
+    "constant * linear_warmup * linear_decay", "constant * linear_warmup * rsqrt_decay",
+    "constant * linear_warmup * rsqrt_normalized_decay", "constant * decay_every",
+    "constant * linear_warmup * cosine_decay"])
+def test_numpy_twin_that_checks_a_schedule_computes_the_same_rates(factors):
+    """The checks run the schedule in NumPy (nothing to compile at start): the same rates."""
+    steps = np.array(STEPS)
+    np.testing.assert_allclose(schedule(factors, xp=np)(steps), schedule(factors)(steps),
+                               rtol=1e-6, atol=1e-9)

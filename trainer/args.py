@@ -35,6 +35,7 @@ logger = logging.getLogger(__name__)
 OPTIMIZERS = ("adamw", "lamb", "adafactor")
 DTYPES = ("float32", "float16", "bfloat16")
 PARALLELISMS = ("pmap", "mesh")
+INIT_OPTIMIZER_STATES = ("keep", "reset")  # --init_optimizer_state (trainer/phases.py)
 
 # Accepted for compatibility with run_mlm_flax.py (and its Hub plumbing) but without effect:
 # no Hub uploads, no datasets cache (the pipeline streams), always a fast tokenizer.
@@ -212,6 +213,16 @@ class TrainingArguments(StepOptions):
         default=None,
         metadata={"help": "With --parallelism mesh: the axis sizes, e.g. 'data=-1,fsdp=4' "
                           "(-1: the rest of the devices; default 'data=-1')."})
+    init_checkpoint: Optional[str] = field(
+        default=None,
+        metadata={"help": "Start from another run's checkpoint (BERT's second phase): its "
+                          "output_dir (the latest step) or OUTPUT_DIR/checkpoints/STEP, local "
+                          "or gs://. This run's step, schedule and data start at 0; it needs "
+                          "the same model shapes and vocabulary."})
+    init_optimizer_state: str = field(
+        default="keep",
+        metadata={"help": "With --init_checkpoint: keep its optimizer state (moments), or "
+                          "reset it (a fresh optimizer; only the parameters carry over)."})
     coordinator_address: Optional[str] = field(
         default=None, metadata={"help": "Multi-host: the coordinator's host:port."})
     num_processes: Optional[int] = field(
@@ -244,6 +255,7 @@ class TrainingArguments(StepOptions):
             if getattr(self, name) < 0:
                 raise UserError(f"{name} must be >= 0, got {getattr(self, name)}")
         check_choice("parallelism", self.parallelism, PARALLELISMS)
+        check_choice("init_optimizer_state", self.init_optimizer_state, INIT_OPTIMIZER_STATES)
         if self.mesh_shape is not None:
             if self.parallelism != "mesh":
                 raise UserError("mesh_shape applies to --parallelism mesh only; add "
@@ -295,7 +307,8 @@ SECTION_FIELDS = {
                                "max_eval_samples", "logging_steps", "profile_steps",
                                "fill_mask_samples"),
     "output and checkpoints": ("output_dir", "overwrite_output_dir", "save_steps",
-                               "save_total_limit", "compilation_cache_dir"),
+                               "save_total_limit", "compilation_cache_dir", "init_checkpoint",
+                               "init_optimizer_state"),
     "parallelism and multi-host": ("parallelism", "mesh_shape", "coordinator_address",
                                    "num_processes", "process_id"),
     "accepted for run_mlm_flax.py, without effect here": IGNORED_FIELDS,

@@ -174,13 +174,15 @@ class Checkpoints:
     """
 
     def __init__(self, output_dir, *, save_total_limit: Optional[int] = None,
-                 async_save: bool = True):
+                 async_save: bool = True, read_only: bool = False):
+        """read_only: another run's checkpoints, to read and leave as they are."""
         self.directory = absolute(output_dir) / CHECKPOINT_DIR  # Orbax: absolute
         options = ocp.CheckpointManagerOptions(
             max_to_keep=save_total_limit,
             enable_async_checkpointing=async_save,
-            cleanup_tmp_directories=True,
-            create=True)
+            cleanup_tmp_directories=not read_only,
+            create=not read_only,
+            read_only=read_only)
         with self._writing(None):  # creating the directory is the first write
             self._manager = ocp.CheckpointManager(
                 self.directory, options=options,

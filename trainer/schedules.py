@@ -35,7 +35,6 @@ some step (a learning_rate beyond float32's range) would make the parameters NaN
 """
 
 import jax.numpy as jnp
-
 import numpy as np
 
 from pipeline.errors import UserError
@@ -46,21 +45,21 @@ CHECKED_STEPS = 1 << 20
 
 
 def _factor_functions(base_learning_rate, warmup_steps, total_steps, decay_factor,
-                      steps_per_decay, steps_per_cycle):
-    """Each factor as a function of the (float) step."""
+                      steps_per_decay, steps_per_cycle, xp=jnp):
+    """Each factor as a function of the (float) step, in jax.numpy (xp=np: NumPy's)."""
     w = float(warmup_steps)
     decay_span = float(max(total_steps - warmup_steps, 1))
     return {
-        "constant": lambda s: jnp.float32(base_learning_rate),
-        "linear_warmup": (lambda s: jnp.minimum(1.0, s / w)) if w > 0 else (lambda s: 1.0),
-        "rsqrt_decay": lambda s: jnp.reciprocal(jnp.sqrt(jnp.maximum(s, max(w, 1.0)))),
+        "constant": lambda s: xp.float32(base_learning_rate),
+        "linear_warmup": (lambda s: xp.minimum(1.0, s / w)) if w > 0 else (lambda s: 1.0),
+        "rsqrt_decay": lambda s: xp.reciprocal(xp.sqrt(xp.maximum(s, max(w, 1.0)))),
         "rsqrt_normalized_decay":
-            lambda s: jnp.sqrt(max(w, 1.0)) / jnp.sqrt(jnp.maximum(s, max(w, 1.0))),
-        "decay_every": lambda s: decay_factor ** jnp.floor(s / steps_per_decay),
-        "cosine_decay": lambda s: 0.5 * (1.0 + jnp.cos(
-            jnp.pi * ((jnp.maximum(0.0, s - w) / steps_per_cycle) % 1.0))),
+            lambda s: xp.sqrt(max(w, 1.0)) / xp.sqrt(xp.maximum(s, max(w, 1.0))),
+        "decay_every": lambda s: decay_factor ** xp.floor(s / steps_per_decay),
+        "cosine_decay": lambda s: 0.5 * (1.0 + xp.cos(
+            xp.pi * ((xp.maximum(0.0, s - w) / steps_per_cycle) % 1.0))),
         "linear_decay":
-            (lambda s: jnp.clip((total_steps - jnp.maximum(s, w)) / decay_span, 0.0, 1.0))
+            (lambda s: xp.clip((total_steps - xp.maximum(s, w)) / decay_span, 0.0, 1.0))
             if total_steps > warmup_steps else (lambda s: 1.0),
     }
 
@@ -80,30 +79,31 @@ def factor_names(factors):
 
 def create_learning_rate_schedule(factors, *, base_learning_rate, warmup_steps, total_steps,
                                   decay_factor=0.5, steps_per_decay=20_000,
-                                  steps_per_cycle=None):
+                                  steps_per_cycle=None, xp=jnp):
     """An optax schedule (step -> float32 learning rate) from a factor string.
 
     steps_per_cycle (cosine_decay) defaults to total_steps - warmup_steps, so the
     cosine reaches zero at the last step. Raises UserError naming an unknown factor.
+    With xp=np it computes in NumPy, compiling nothing (the checks below).
     """
     names = factor_names(factors)
     if steps_per_cycle is None:
         steps_per_cycle = max(total_steps - warmup_steps, 1)
     table = _factor_functions(base_learning_rate, warmup_steps, total_steps, decay_factor,
-                              steps_per_decay, steps_per_cycle)
+                              steps_per_decay, steps_per_cycle, xp)
     chosen = [table[name] for name in names]
 
     def schedule(step):
-        s = jnp.asarray(step, jnp.float32)
-        rate = jnp.float32(1.0)
+        s = xp.asarray(step, xp.float32)
+        rate = xp.float32(1.0)
         for factor in chosen:
             rate = rate * factor(s)
-        return jnp.asarray(rate, jnp.float32)
+        return xp.asarray(rate, xp.float32)
 
     return schedule
 
 
-def schedule_from_args(training_args, total_steps):
+def schedule_from_args(training_args, total_steps, xp=jnp):
     """The schedule the command line asks for, over total_steps optimizer steps (0: none).
 
     Raises UserError when it would train nothing or make the parameters NaN.
@@ -115,18 +115,19 @@ def schedule_from_args(training_args, total_steps):
         total_steps=max(total_steps, 1),
         decay_factor=training_args.lr_decay_factor,
         steps_per_decay=training_args.lr_steps_per_decay,
+        xp=xp,
     )
-    if total_steps > 0:
-        _check_trains(schedule, training_args, total_steps)
+    if total_steps > 0 and xp is jnp:
+        _check_trains(training_args, total_steps)
     return schedule
 
 
-def _check_trains(schedule, training_args, total_steps):
+def _check_trains(training_args, total_steps):
     """Raises UserError if the schedule is 0 at every step of the run, or ever not finite."""
     steps = np.unique(np.linspace(0, total_steps - 1, min(total_steps, CHECKED_STEPS),
                                   dtype=np.int64))
     with np.errstate(over="ignore", invalid="ignore"):  # reported below, in one line
-        rates = np.asarray(schedule(steps))
+        rates = schedule_from_args(training_args, total_steps, xp=np)(steps)
     what = (f"lr_schedule {training_args.lr_schedule!r} (learning_rate "
             f"{training_args.learning_rate:g}, warmup_steps {training_args.warmup_steps}) over "
             f"{total_steps} step(s)")
@@ -136,11 +137,12 @@ def _check_trains(schedule, training_args, total_steps):
         raise UserError(f"{what} is 0 at every step: the run would train nothing")
 
 
-def warmup_note(training_args, schedule, total_steps):
+def warmup_note(training_args, total_steps):
     """One line when the warm-up lasts the whole run (warmup_steps >= its steps), else None."""
     if "linear_warmup" not in factor_names(training_args.lr_schedule) or not (
             0 < total_steps <= training_args.warmup_steps):
         return None
+    last = schedule_from_args(training_args, total_steps, xp=np)(total_steps - 1)
     return (f"warmup_steps {training_args.warmup_steps} >= the run's {total_steps} steps: the "
             f"learning rate warms up through the whole run, as run_mlm_flax.py's does, to "
-            f"{float(schedule(total_steps - 1)):.3g} at the last step, and does not decay")
+            f"{float(last):.3g} at the last step, and does not decay")
