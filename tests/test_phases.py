@@ -7,7 +7,6 @@ process adds nothing, and as a real process where it is SIGKILLed.
 
 import dataclasses
 import json
-import os
 import signal
 
 import jax
@@ -41,8 +40,8 @@ def phase_1(tmp_path_factory, corpus_file, tokenizer_dir):
 def phase_2_argv(tmp_path, corpus_file, tokenizer_dir, phase_1, *, name="phase2", **changes):
     """The argv of a phase 2 from phase_1 into tmp_path/name, and its output_dir."""
     out = tmp_path / name
-    config = tiny_config(corpus_file, tokenizer_dir, init_checkpoint=str(phase_1),
-                         **{**PHASE_2, **changes})
+    config = tiny_config(corpus_file, tokenizer_dir,
+                         **{**PHASE_2, "init_checkpoint": str(phase_1), **changes})
     return [write_config(tmp_path / f"{name}.json", config, out)], out
 
 
@@ -127,33 +126,35 @@ def test_phase_2_orders_its_data_by_its_own_seed(tokenizer, corpus_file):
 
 @pytest.mark.slow
 def test_phase_2_trains_its_own_schedule_and_resumes_bitwise_after_sigkill(
-        tmp_path, corpus_file, tokenizer_dir, phase_1, capsys):
+        tmp_path, corpus_file, tokenizer_dir, phase_1):
     """The first update, at phase 2's warm-up rate 0, leaves phase 1's parameters as they
-    were (a schedule count carried over from phase 1 would not); a SIGKILLed phase 2 resumes
+    were (phase 1's schedule count, 4, would give it 1e-3); a SIGKILLed phase 2 resumes
     from its own checkpoint with the same losses, without reading --init_checkpoint again."""
     argv, out = phase_2_argv(tmp_path, corpus_file, tokenizer_dir, phase_1, name="whole",
-                             save_steps=1, max_steps=4)
+                             save_steps=1)
     train.main(argv)
     jax.tree.map(np.testing.assert_array_equal, stored_state(out, 1)["params"],
                  stored_state(phase_1, PHASE_1_STEPS)["params"])
     expected = logged_scalars(out)["train/loss"]
+    assert sorted(expected) == list(range(1, PHASE_2["max_steps"] + 1))
 
     argv, killed_out = phase_2_argv(tmp_path, corpus_file, tokenizer_dir, phase_1,
-                                    name="killed", save_steps=1, max_steps=4)
+                                    name="killed", save_steps=1)
     process = train_runs.start(argv[0])
     train_runs.read_until(process, "train 3/")
     process.kill()
     code, _ = train_runs.finish(process)
     assert code == -signal.SIGKILL
     killed_at = checkpoints.Checkpoints(killed_out).latest_step
-    assert killed_at is not None and killed_at < 4
-    capsys.readouterr()
-    train.main(argv)
-    console = capsys.readouterr().out
+    assert killed_at is not None and killed_at < PHASE_2["max_steps"]
+    process = train_runs.start(argv[0])
+    code, console = train_runs.finish(process)
+    assert code == 0, console[-3000:]
     assert f"--init_checkpoint {phase_1} is no longer used" in console
     assert f"Resuming from the checkpoint of step {killed_at}" in console
-    resumed = train_runs.step_losses(killed_out / run_dir.LOG_DIR, os.getpid())
-    assert resumed == {step: expected[step] for step in range(killed_at + 1, 5)}
+    resumed = train_runs.step_losses(killed_out / run_dir.LOG_DIR, process.pid)
+    assert resumed == {step: expected[step]
+                       for step in range(killed_at + 1, PHASE_2["max_steps"] + 1)}
 
 
 @pytest.mark.slow
