@@ -235,12 +235,14 @@ class Checkpoints:
         return self._manager.is_saving_in_progress()
 
     def wait(self):
-        with self._writing(self._in_flight):
+        # Workers TensorStore starts for the write in flight are lowered too: at every save
+        # lowering those it knows of would leave them at the step's priority until the next.
+        with self._writing(self._in_flight), writer_priority.writers_at_lowest_priority():
             self._manager.wait_until_finished()
         self._in_flight = None
 
     def close(self):
-        with self._writing(self._in_flight):
+        with self._writing(self._in_flight), writer_priority.writers_at_lowest_priority():
             self._manager.close()
 
     @contextlib.contextmanager
