@@ -112,8 +112,7 @@ def set_up(model_args, data_args, training_args):
     cluster.initialize_distributed(training_args)
     monitoring.configure_console_logging()
     feed = feed_lib.create(training_args.parallelism, training_args.mesh_shape)
-    do_train = training_args.do_train or not training_args.do_eval
-    do_eval = training_args.do_eval or not training_args.do_train
+    do_train, do_eval = args_lib.run_modes(training_args)
     is_chief = jax.process_index() == 0
     hparams = args_lib.hparams(model_args, data_args, training_args)
     resuming = run_dir.check_output_dir(training_args.output_dir,
@@ -146,8 +145,11 @@ def set_up(model_args, data_args, training_args):
     learning_rate_fn, state, p_train_step, p_eval_step = create_train_state(
         module, params, training_args, total_steps, feed, shapes_only=restoring, init=init)
     del params
-    if init is not None and is_chief:
-        console.show(phases.describe(init, training_args))
+    if is_chief:
+        for note in (schedules.warmup_note(training_args, total_steps),
+                     init and phases.describe(init, training_args)):
+            if note:
+                console.show(note)
     ckpt, state, start_step = resume.restore_or_claim(
         training_args, hparams, ckpt=ckpt, training=do_train, feed=feed, state=state,
         train_data=train_data, learning_rate_fn=learning_rate_fn)
@@ -238,14 +240,10 @@ def create_train_state(module, params, training_args, total_steps, feed, shapes_
     read from that checkpoint, at step 0.
     """
     learning_rate_fn = schedules.schedule_from_args(training_args, total_steps)
-    note = schedules.warmup_note(training_args, total_steps)
-    if note and jax.process_index() == 0:
-        console.show(note)
     tx = optimizers.create_optimizer(training_args, learning_rate_fn)
     rng = jax.random.PRNGKey(training_args.seed)
     if init is not None:
-        state = phases.initial_state(init, feed_lib.state_shapes(params, tx, rng),
-                                     params_shapes=params, tx=tx, rng=rng, feed=feed,
+        state = phases.initial_state(init, params_shapes=params, tx=tx, rng=rng, feed=feed,
                                      training_args=training_args)
     elif shapes_only:
         state = feed_lib.state_shapes(params, tx, rng)

@@ -13,8 +13,7 @@ def line(*flags):
     """The announcement for HF_COMMAND plus flags, as train.py makes it."""
     _, data_args, training_args = args_lib.parse_args(HF_COMMAND + list(flags))
     data_config = args_lib.data_config(data_args, training_args)
-    do_train = training_args.do_train or not training_args.do_eval
-    do_eval = training_args.do_eval or not training_args.do_train
+    do_train, do_eval = args_lib.run_modes(training_args)
     return hf_differences.announcement(data_config, training_args, do_train=do_train,
                                        do_eval=do_eval) or ""
 

@@ -19,7 +19,7 @@ import train
 import train_runs
 from pipeline import inputs, tokenizer_training
 from test_bad_input import run_main, snapshot
-from trainer import args as args_lib, checkpoints, phases, run_dir
+from trainer import args as args_lib, checkpoints, optimizers, phases, run_dir
 from train_runs import PARALLELISM, logged_scalars, tiny_config, write_config
 
 PHASE_1_STEPS = 4
@@ -48,12 +48,7 @@ def phase_2_argv(tmp_path, corpus_file, tokenizer_dir, phase_1, *, name="phase2"
 def by_path(tree):
     """{path of names: leaf as numpy}: a restored checkpoint's dicts and our state's
     namedtuples and tuples compare alike."""
-    def name(key):
-        for attribute in ("key", "name", "idx"):
-            if hasattr(key, attribute):
-                return str(getattr(key, attribute))
-        return str(key)
-    return {tuple(name(key) for key in path): np.asarray(leaf)
+    return {tuple(optimizers.key_name(key) for key in path): np.asarray(leaf)
             for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 

@@ -460,9 +460,15 @@ def parse_args(argv=None):
     return parsed
 
 
+def run_modes(training_args):
+    """(trains, evaluates): what the run does; with neither flag, both."""
+    return (training_args.do_train or not training_args.do_eval,
+            training_args.do_eval or not training_args.do_train)
+
+
 def _check_mixture_steps(data_args, training_args, parser):
     """A training mixture has no epoch to count steps by (each source repeats on its own)."""
-    training = training_args.do_train or not training_args.do_eval
+    training, _ = run_modes(training_args)
     if data_args.train_mixture and training and training_args.max_steps <= 0:
         parser.error("train_mixture needs max_steps: each source repeats on its own, so the "
                      "mixture has no epoch for num_train_epochs to count")

@@ -18,7 +18,7 @@ from pipeline.errors import UserError
 NORM_MODULE = re.compile(r"norm|^ln(_|\d|$)", re.IGNORECASE)
 
 
-def _key_name(key):
+def key_name(key):
     """A path entry's name: dict keys, attribute names and sequence indices."""
     for attribute in ("key", "name", "idx"):
         if hasattr(key, attribute):
@@ -28,7 +28,7 @@ def _key_name(key):
 
 def decays(path, param):
     """Whether one parameter (at a jax.tree_util key path) gets weight decay."""
-    names = [_key_name(key) for key in path]
+    names = [key_name(key) for key in path]
     if param.ndim < 2 or (names and "bias" in names[-1].lower()):
         return False
     return not any(NORM_MODULE.search(name) for name in names[:-1])

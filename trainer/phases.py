@@ -31,6 +31,7 @@ import orbax.checkpoint as ocp
 from pipeline.errors import UserError
 from trainer import checkpoints, console, feed as feed_lib, optimizers, run_dir
 
+
 @dataclasses.dataclass(frozen=True)
 class InitCheckpoint:
     """Another run's checkpoint that a new run starts from."""
@@ -116,8 +117,7 @@ def data_seed(seed: int, start: Optional[dict]) -> int:
     return int.from_bytes(digest[:4], "little") >> 1  # a non-negative int32
 
 
-def initial_state(init: InitCheckpoint, fresh_shapes, *, params_shapes, tx, rng, feed,
-                  training_args):
+def initial_state(init: InitCheckpoint, *, params_shapes, tx, rng, feed, training_args):
     """The new run's state at step 0: the checkpoint's parameters and, with keep, its
     optimizer state; placed by the feed for its step.
 
@@ -136,7 +136,8 @@ def initial_state(init: InitCheckpoint, fresh_shapes, *, params_shapes, tx, rng,
         source.close()
     if not keep:
         return feed.init_state(restored.params, tx, rng)
-    if jax.tree.structure(restored.opt_state) != jax.tree.structure(fresh_shapes.opt_state):
+    fresh = feed_lib.state_shapes(params_shapes, tx, rng)
+    if jax.tree.structure(restored.opt_state) != jax.tree.structure(fresh.opt_state):
         raise UserError(
             f"init_checkpoint {init.path}: its optimizer state does not fit this run's "
             f"optimizer settings (optimizer, max_grad_norm, weight_decay): keep them, or pass "

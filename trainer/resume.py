@@ -9,6 +9,7 @@ import math
 import types
 
 import jax
+import numpy as np
 
 from trainer import checkpoints, console, run_dir, schedules
 
@@ -61,8 +62,8 @@ def report_learning_rate_change(earlier_args, learning_rate_fn, step):
     """
     if earlier_args.get("max_steps", 0) <= 0:  # its length was counted from the data, not saved
         return
-    earlier = schedules.schedule_from_args(types.SimpleNamespace(**earlier_args),
-                                           earlier_args["max_steps"])
+    earlier = schedules.build_schedule(types.SimpleNamespace(**earlier_args),
+                                       earlier_args["max_steps"], xp=np)
     before, after = float(earlier(step)), float(learning_rate_fn(step))
     if not math.isclose(before, after, rel_tol=1e-6):
         console.show(f"changed: the learning rate at step {step}: {before:.3g} -> {after:.3g} "

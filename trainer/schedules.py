@@ -103,12 +103,10 @@ def create_learning_rate_schedule(factors, *, base_learning_rate, warmup_steps, 
     return schedule
 
 
-def schedule_from_args(training_args, total_steps, xp=jnp):
-    """The schedule the command line asks for, over total_steps optimizer steps (0: none).
-
-    Raises UserError when it would train nothing or make the parameters NaN.
-    """
-    schedule = create_learning_rate_schedule(
+def build_schedule(training_args, total_steps, xp=jnp):
+    """The schedule the command line asks for, over total_steps optimizer steps, unchecked
+    (xp=np: its NumPy twin, which compiles nothing)."""
+    return create_learning_rate_schedule(
         training_args.lr_schedule,
         base_learning_rate=training_args.learning_rate,
         warmup_steps=training_args.warmup_steps,
@@ -117,9 +115,16 @@ def schedule_from_args(training_args, total_steps, xp=jnp):
         steps_per_decay=training_args.lr_steps_per_decay,
         xp=xp,
     )
-    if total_steps > 0 and xp is jnp:
+
+
+def schedule_from_args(training_args, total_steps):
+    """The schedule a run trains with, over total_steps optimizer steps (0: none).
+
+    Raises UserError when it would train nothing or make the parameters NaN.
+    """
+    if total_steps > 0:
         _check_trains(training_args, total_steps)
-    return schedule
+    return build_schedule(training_args, total_steps)
 
 
 def _check_trains(training_args, total_steps):
@@ -127,7 +132,7 @@ def _check_trains(training_args, total_steps):
     steps = np.unique(np.linspace(0, total_steps - 1, min(total_steps, CHECKED_STEPS),
                                   dtype=np.int64))
     with np.errstate(over="ignore", invalid="ignore"):  # reported below, in one line
-        rates = schedule_from_args(training_args, total_steps, xp=np)(steps)
+        rates = build_schedule(training_args, total_steps, xp=np)(steps)
     what = (f"lr_schedule {training_args.lr_schedule!r} (learning_rate "
             f"{training_args.learning_rate:g}, warmup_steps {training_args.warmup_steps}) over "
             f"{total_steps} step(s)")
@@ -142,7 +147,7 @@ def warmup_note(training_args, total_steps):
     if "linear_warmup" not in factor_names(training_args.lr_schedule) or not (
             0 < total_steps <= training_args.warmup_steps):
         return None
-    last = schedule_from_args(training_args, total_steps, xp=np)(total_steps - 1)
+    last = build_schedule(training_args, total_steps, xp=np)(total_steps - 1)
     return (f"warmup_steps {training_args.warmup_steps} >= the run's {total_steps} steps: the "
             f"learning rate warms up through the whole run, as run_mlm_flax.py's does, to "
             f"{float(last):.3g} at the last step, and does not decay")
